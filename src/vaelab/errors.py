@@ -1,0 +1,13 @@
+"""Exceptions that the command line turns into one clear line and exit status 2."""
+
+
+class VaelabError(Exception):
+    """Bad usage or bad input: reported as `vaelab: error: <message>` with exit status 2."""
+
+
+class DataError(VaelabError):
+    """A data set, file or array that cannot be read or does not make sense."""
+
+
+class ConfigError(VaelabError):
+    """A configuration key or value that does not fit the config dataclass."""
