@@ -1,0 +1,306 @@
+"""The `vaelab` command line (see CLI.md): train, sample, reconstruct, eval, data.
+
+Each subcommand is a function registered in COMMANDS. Bad usage or bad input ends with one line
+`vaelab: error: ...` and exit status 2; a failure while running with exit status 1; a traceback
+only with --debug or VAELAB_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from vaelab import __version__
+from vaelab.errors import VaelabError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become VaelabError (one line, exit 2) instead of a usage dump."""
+
+    def error(self, message: str):
+        raise VaelabError(f"{message} (see '{self.prog} --help')")
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+def _train_configs(args):
+    """Defaults <- --config YAML <- KEY=VALUE overrides <- explicit flags."""
+    from vaelab.config import DataConfig, TrainConfig, apply_overrides, load_yaml, parse_overrides
+    from vaelab.registry import get_model_class
+
+    model_class = get_model_class(args.model)
+    configs = {"model": model_class.config_class(), "data": DataConfig(), "train": TrainConfig()}
+    if args.config:
+        configs = apply_overrides(configs, load_yaml(args.config))
+    configs = apply_overrides(configs, parse_overrides(args.overrides))
+    flags = {"data.name": args.data, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
+             "train.max_steps": args.max_steps, "train.save_every": args.save_every,
+             "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision}
+    return apply_overrides(configs, {key: value for key, value in flags.items() if value is not None})
+
+
+def _resumed_config(args, run_dir: Path):
+    """A resumed run keeps its model and data; only the training budget and device may change."""
+    from vaelab.checkpoint import load_run_config
+    from vaelab.config import parse_overrides, update_config
+
+    run_config = load_run_config(run_dir)
+    if run_config.model_name != args.model:
+        raise VaelabError(f"{run_dir} holds a {run_config.model_name!r} run, not {args.model!r}")
+    if args.overrides or args.config or args.data or args.data_dir:
+        raise VaelabError("--resume continues a run with its saved config; only --epochs, --max-steps, "
+                          "--save-every and --device may change")
+    flags = {"epochs": args.epochs, "max_steps": args.max_steps, "save_every": args.save_every,
+             "device": args.device}
+    run_config.train = update_config(run_config.train, {k: v for k, v in flags.items() if v is not None})
+    return run_config
+
+
+def cmd_train(args) -> int:
+    from vaelab.checkpoint import CONFIG_FILE, RunConfig, build_model
+    from vaelab.experiment import load_data, training_splits
+    from vaelab.trainer import Trainer
+
+    run_dir = Path(args.out or f"runs/{args.model}")
+    if args.resume:
+        run_config = _resumed_config(args, run_dir)
+    else:
+        if (run_dir / CONFIG_FILE).exists() and not args.overwrite:
+            raise VaelabError(f"{run_dir} already holds a run; use --resume to continue it, "
+                              "--overwrite to replace it, or --out for a new directory")
+        configs = _train_configs(args)
+        run_config = RunConfig(model_name=args.model, model=configs["model"], data=configs["data"],
+                               train=configs["train"])
+    dataset = load_data(run_config.data)
+    run_config.image_shape, run_config.num_classes = dataset.image_shape, dataset.num_classes
+    run_config.class_names = dataset.class_names
+    train_split, val_split = training_splits(dataset, run_config.data)
+    model = build_model(run_config)
+    if not args.resume and run_dir.exists() and args.overwrite:
+        shutil.rmtree(run_dir)
+    trainer = Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)
+    print(f"training {args.model} on {dataset.name} ({len(train_split)} train / {len(val_split)} val images, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, {trainer.device}) -> {run_dir}",
+          file=sys.stderr)
+    metrics = trainer.fit(resume=args.resume)
+    if metrics:
+        print(f"done: step {metrics['step']}, val loss {metrics['val_loss']:.4f}; weights in {run_dir}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+# -- sample / reconstruct ------------------------------------------------------------------------
+
+def _load_model(args):
+    import vaelab
+
+    return vaelab.load(args.run_dir, checkpoint=args.checkpoint)
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from vaelab.images import save_images
+
+    model = _load_model(args)
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    kwargs = {}
+    if args.label is not None:
+        if not model.num_classes or "label" not in model.sample.__code__.co_varnames:
+            raise VaelabError(f"--label needs a class-conditional model; {args.run_dir} is unconditional")
+        kwargs["label"] = args.label
+    generator = torch.Generator().manual_seed(args.seed)
+    images = model.sample(args.n, generator=generator, **kwargs)
+    path = save_images(images, args.out or Path(args.run_dir) / "samples.png", nrow=args.nrow)
+    print(f"wrote {len(images)} samples to {path}")
+    return EXIT_OK
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from vaelab.checkpoint import load_run_config
+    from vaelab.experiment import evaluation_split, load_data
+    from vaelab.images import save_images
+
+    model = _load_model(args)
+    if not hasattr(model, "reconstruct"):
+        raise VaelabError(f"a {type(model).__name__} has no encoder to reconstruct with")
+    run_config = load_run_config(args.run_dir)
+    split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
+    originals = split.images[: args.n]
+    reconstructions = model.reconstruct(originals)
+    nrow = args.nrow
+    # Alternate rows: originals, then their reconstructions beneath them.
+    rows = [torch.cat([originals[i:i + nrow], reconstructions[i:i + nrow]]) for i in range(0, len(originals), nrow)]
+    path = save_images(torch.cat(rows), args.out or Path(args.run_dir) / "reconstructions.png", nrow=nrow)
+    print(f"wrote {len(originals)} originals and reconstructions to {path}")
+    return EXIT_OK
+
+
+# -- eval ----------------------------------------------------------------------------------------
+
+def _metric_elbo(model, split, args):
+    from vaelab.eval.likelihood import elbo
+
+    return elbo(model, split, seed=args.seed, progress=sys.stderr.isatty())
+
+
+def _metric_iw(model, split, args):
+    from vaelab.eval.likelihood import importance_weighted_bound
+
+    estimate = importance_weighted_bound(model, split, k=args.k, seed=args.seed, progress=sys.stderr.isatty())
+    return {f"iw_bound": estimate}
+
+
+METRICS = {"elbo": (_metric_elbo, "elbo_terms"), "iw": (_metric_iw, "log_weights")}
+
+
+def cmd_eval(args) -> int:
+    from vaelab.checkpoint import load_run_config
+    from vaelab.experiment import evaluation_split, load_data
+
+    names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise VaelabError(f"unknown metric {unknown[0] if unknown else ''!r}; available: {', '.join(METRICS)}")
+    if args.k < 1:
+        raise VaelabError(f"--k must be at least 1, got {args.k}")
+    model = _load_model(args)
+    for name in names:
+        if not hasattr(model, METRICS[name][1]):
+            raise VaelabError(f"metric {name!r} does not apply to a {type(model).__name__}")
+    run_config = load_run_config(args.run_dir)
+    split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
+    if args.limit:
+        split = split.subset(slice(0, args.limit))
+    results = {}
+    for name in names:
+        results.update({key: estimate.to_dict() for key, estimate in METRICS[name][0](model, split, args).items()})
+    for result in results.values():
+        result["settings"].update(split=args.split, checkpoint=args.checkpoint)
+    _print_table(results, args)
+    if args.json:
+        from vaelab.checkpoint import atomic_write_json
+
+        atomic_write_json(Path(args.json), results)
+    return EXIT_OK
+
+
+def _print_table(results: dict, args) -> None:
+    print(f"{args.run_dir} ({args.split} split, {args.checkpoint} weights)")
+    print(f"{'metric':<26}{'value':>12}{'stderr':>10}")
+    for name, result in results.items():
+        print(f"{name:<26}{result['value']:>12.3f}{result['stderr']:>10.3f}")
+    if "iw_bound" in results:
+        print(f"{'nll (= -iw_bound)':<26}{-results['iw_bound']['value']:>12.3f}{results['iw_bound']['stderr']:>10.3f}")
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def cmd_data(args) -> int:
+    from vaelab.data.datasets import describe, load_dataset
+
+    print(describe(load_dataset(args.name, args.data_dir, download=not args.offline)))
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval,
+            "data": cmd_data}
+
+
+def _add_run_arguments(parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaelab train'")
+    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                        help="final weights, or those with the best validation loss (default: final)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaelab.registry import MODELS
+
+    parser = _Parser(prog="vaelab", description="Train, sample, evaluate and compare VAEs.")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model")
+    train.add_argument("model", metavar="MODEL", choices=list(MODELS), help=f"one of: {', '.join(MODELS)}")
+    train.add_argument("--data", help="fashion-mnist, mnist, digits (embedded default) or a .npz/.npy/folder path")
+    train.add_argument("--data-dir", help="where to look for named datasets first")
+    train.add_argument("--config", help="a YAML file of config keys")
+    train.add_argument("--out", help="run directory (default: runs/MODEL)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--save-every", type=int, help="also checkpoint every this many steps")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--precision", choices=["fp32", "bf16"])
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
+
+    sample = commands.add_parser("sample", help="draw samples from a trained model")
+    _add_run_arguments(sample)
+    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--label", type=int, help="class to draw (conditional models)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--nrow", type=int, help="images per row of the PNG grid")
+    sample.add_argument("--out", help="FILE.png (a grid) or FILE.npy (an array); default RUN_DIR/samples.png")
+
+    reconstruct = commands.add_parser("reconstruct", help="reconstruct evaluation images")
+    _add_run_arguments(reconstruct)
+    reconstruct.add_argument("-n", type=int, default=32, help="number of images (default 32)")
+    reconstruct.add_argument("--nrow", type=int, default=8, help="images per row (default 8)")
+    reconstruct.add_argument("--split", choices=["test", "val", "train"], default="test")
+    reconstruct.add_argument("--out", help="FILE.png; default RUN_DIR/reconstructions.png")
+
+    evaluate = commands.add_parser("eval", help="score a trained model")
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--metrics", default="elbo,iw", help=f"comma-separated, from: {', '.join(METRICS)}")
+    evaluate.add_argument("--k", type=int, default=5000, help="importance samples for the iw bound (default 5000)")
+    evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", help="write {metric: {value, stderr, settings}} to this file")
+
+    data = commands.add_parser("data", help="locate (or download) a dataset and describe it")
+    data.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, digits or a path")
+    data.add_argument("--data-dir")
+    data.add_argument("--offline", action="store_true", help="never download")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("VAELAB_DEBUG") == "1"
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except VaelabError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"vaelab: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vaelab: error: interrupted (a training run can continue with --resume)", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if debug:
+            traceback.print_exc()
+        print(f"vaelab: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

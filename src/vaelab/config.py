@@ -1,0 +1,223 @@
+"""Typed configuration: dataclasses, checked overrides from YAML files and KEY=VALUE arguments.
+
+A run is configured by three dataclasses: the model's own config (declared beside the model),
+DataConfig and TrainConfig. Keys are unique across the three, so `lr=1e-3` or `latent_dim=40`
+needs no section; `train.lr=1e-3` is accepted too. Every value is checked against the field's
+type, and an unknown key is an error that names the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vaelab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data and how its pixels are modelled."""
+
+    name: str = "digits"  # fashion-mnist, mnist, digits (embedded), or a .npz/.npy/folder path
+    data_dir: str | None = None
+    binarize: Literal["none", "dynamic", "fixed"] = "none"  # dynamic: fresh Bernoulli draw every minibatch
+    dequantize: bool = False  # uniform dequantization of continuous pixels (binarize=none only)
+    val_size: float = 0.1  # held out of the training split: a fraction (< 1) or a count (>= 1)
+    split_seed: int = 0  # seeds the validation hold-out and the one-off binarization of eval data
+
+    @property
+    def pixel_model(self) -> str:
+        if self.binarize != "none":
+            return self.binarize
+        return "dequantize" if self.dequantize else "continuous"
+
+
+@dataclass
+class TrainConfig:
+    """How the trainer runs. Optimizer and schedule names are looked up in vaelab.optim."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps, whatever the epoch count
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd and rmsprop only
+    schedule: str = "constant"  # constant, cosine, step, exponential
+    lr_step_size: int = 10  # epochs, for schedule=step
+    lr_gamma: float = 0.5  # decay factor for step (per lr_step_size epochs) and exponential (per epoch)
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables
+    early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0 disables
+    save_every: int = 0  # also checkpoint every this many steps; 0: only at epoch ends
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_batch_size: int = 500
+    tensorboard: bool = True
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return value converted to `annotation` or raise ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(key, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        items = [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _field_types(config_class: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_class)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_class)}
+
+
+def update_config(config: Any, updates: dict[str, Any]) -> Any:
+    """A copy of `config` with `updates` applied, each checked against the field type."""
+    types_by_name = _field_types(type(config))
+    checked = {}
+    for key, value in updates.items():
+        if key not in types_by_name:
+            raise ConfigError(unknown_key_message(key, types_by_name))
+        checked[key] = _check_value(key, value, types_by_name[key])
+    return dataclasses.replace(config, **checked)
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """Build `config_class` from a (JSON or YAML) dict, type-checked."""
+    return update_config(config_class(), values)
+
+
+def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
+    valid = sorted(valid)
+    nearest = difflib.get_close_matches(key.split(".")[-1], valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(nearest)}?" if nearest else f"; valid keys: {', '.join(valid)}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def parse_value(text: str) -> Any:
+    """A KEY=VALUE right-hand side: YAML syntax, so `[300,300]`, `true`, `1e-3` and `bernoulli` all work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
+    """['latent_dim=40', 'hidden=[300,300]'] -> {'latent_dim': 40, 'hidden': [300, 300]}."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file: either flat keys or sections `model:`, `data:`, `train:`."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return values
+
+
+SECTIONS = ("model", "data", "train")
+
+
+def split_by_section(values: dict[str, Any], configs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route flat or dotted keys (`lr`, `train.lr`) and nested sections to the config they belong to."""
+    routed: dict[str, dict[str, Any]] = {name: {} for name in configs}
+    owners = {key: name for name, cfg in configs.items() for key in _field_types(type(cfg))}
+    for key, value in values.items():
+        if key in configs and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                _route(f"{key}.{sub_key}", sub_value, configs, owners, routed)
+        else:
+            _route(key, value, configs, owners, routed)
+    return routed
+
+
+def _route(key, value, configs, owners, routed) -> None:
+    section, dot, name = key.partition(".")
+    if dot:
+        if section not in configs:
+            raise ConfigError(f"unknown config section {section!r} in {key!r}; sections: {', '.join(configs)}")
+        if name not in _field_types(type(configs[section])):
+            raise ConfigError(unknown_key_message(key, _field_types(type(configs[section]))))
+        routed[section][name] = value
+    elif key in owners:
+        routed[owners[key]][key] = value
+    else:
+        raise ConfigError(unknown_key_message(key, owners))
+
+
+def apply_overrides(configs: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Apply flat/dotted/sectioned `values` to the dict of configs {'model': ..., 'data': ..., 'train': ...}."""
+    routed = split_by_section(values, configs)
+    return {name: update_config(cfg, routed[name]) for name, cfg in configs.items()}

@@ -1,0 +1,119 @@
+"""The probability pieces every latent-variable model shares: reparameterization, the closed-form
+Gaussian KL, diagonal-Gaussian densities and the observation models p(x|z).
+
+All log-densities are summed over the event dimensions and keep the batch dimensions, so a
+(S, B, C, H, W) input gives a (S, B) output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def reparameterize(mu: Tensor, log_var: Tensor, num_samples: int | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2013, eq. 10), differentiable in mu, sigma.
+
+    mu, log_var: (B, D). Returns (B, D), or (num_samples, B, D) when num_samples is given.
+    """
+    shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
+    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * log_var) * eps
+
+
+def gaussian_kl_standard(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mu, diag(sigma^2)) || N(0, I)) per latent dimension, closed form (Kingma & Welling 2013,
+    appendix B): -1/2 (1 + log sigma^2 - mu^2 - sigma^2). Shape of mu; sum over the last axis for the
+    total."""
+    return -0.5 * (1.0 + log_var - mu.pow(2) - log_var.exp())
+
+
+def diag_gaussian_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(log_var))), summed over the last axis."""
+    return -0.5 * (LOG_2PI + log_var + (z - mu).pow(2) * torch.exp(-log_var)).sum(-1)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last axis."""
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+def _sum_event(values: Tensor, event_dims: int) -> Tensor:
+    return values.flatten(start_dim=values.dim() - event_dims).sum(-1)
+
+
+@dataclass(frozen=True)
+class BernoulliLikelihood:
+    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)); the binary cross-entropy cost.
+
+    The decoder emits one logit per pixel. log p = x * l - softplus(l), which is exact for
+    x in {0, 1} and is the (negative) BCE for x in [0, 1].
+    """
+
+    params_per_pixel: int = 1
+
+    def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
+        logits = decoded
+        return _sum_event(x * logits - F.softplus(logits), event_dims)
+
+    def mean(self, decoded: Tensor) -> Tensor:
+        return torch.sigmoid(decoded)
+
+    def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        probs = torch.sigmoid(decoded)
+        return (torch.rand(probs.shape, generator=generator, device=probs.device) < probs).to(probs.dtype)
+
+
+@dataclass(frozen=True)
+class GaussianLikelihood:
+    """p(x|z) = N(x; mu(z), diag(sigma^2)), the L2 cost.
+
+    Fixed variance: the decoder emits the mean only and sigma = fixed_std.
+    Learned variance: the decoder also emits a per-pixel log-variance (Kingma & Welling 2013,
+    appendix C.2), bounded below softly at min_std so that constant pixels (MNIST's black border)
+    cannot drive the density to infinity.
+    The mean goes through a sigmoid by default, as pixel intensities live in [0, 1]; with
+    sigmoid_mean=False it is the decoder's output itself (the linear-Gaussian model).
+    """
+
+    learned_variance: bool = False
+    sigmoid_mean: bool = True
+    fixed_std: float = 0.1
+    min_std: float = 1e-2
+
+    @property
+    def params_per_pixel(self) -> int:
+        return 2 if self.learned_variance else 1
+
+    def _mean_and_log_var(self, decoded: Tensor, channel_dim: int = -3) -> tuple[Tensor, Tensor]:
+        if not self.learned_variance:
+            mean = torch.sigmoid(decoded) if self.sigmoid_mean else decoded
+            return mean, torch.full_like(mean, 2.0 * math.log(self.fixed_std))
+        raw_mean, raw_log_var = decoded.chunk(2, dim=channel_dim)
+        log_var = 2.0 * math.log(self.min_std) + F.softplus(raw_log_var)
+        return (torch.sigmoid(raw_mean) if self.sigmoid_mean else raw_mean), log_var
+
+    def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
+        mean, log_var = self._mean_and_log_var(decoded)
+        log_density = -0.5 * (LOG_2PI + log_var + (x - mean).pow(2) * torch.exp(-log_var))
+        return _sum_event(log_density, event_dims)
+
+    def mean(self, decoded: Tensor) -> Tensor:
+        return self._mean_and_log_var(decoded)[0]
+
+    def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mean, log_var = self._mean_and_log_var(decoded)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * log_var) * noise
+
+
+def log_mean_exp(values: Tensor, dim: int = 0) -> Tensor:
+    """log (1/K) sum_k exp(values_k), stably."""
+    return torch.logsumexp(values, dim=dim) - math.log(values.shape[dim])

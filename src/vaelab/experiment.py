@@ -1,0 +1,40 @@
+"""Glue between configs and data: which splits a run trains, validates and evaluates on."""
+
+from __future__ import annotations
+
+from vaelab.config import DataConfig
+from vaelab.data.datasets import ImageDataset, Split, holdout_validation, load_dataset
+from vaelab.data.pixels import fixed_view
+from vaelab.errors import DataError
+
+# Evaluation data under a stochastic pixel model is drawn once from this offset of split_seed, so
+# every model evaluated on the same data config sees the very same binarized test images.
+_EVAL_SEED_OFFSET = {"train": 1, "val": 2, "test": 3}
+
+
+def load_data(data: DataConfig) -> ImageDataset:
+    return load_dataset(data.name, data.data_dir)
+
+
+def training_splits(dataset: ImageDataset, data: DataConfig) -> tuple[Split, Split]:
+    """(train, validation): the validation split is held out of the training split (the test split
+    is untouched until evaluation) and fixed once; under binarize=fixed the training split is
+    binarized once as well."""
+    train, val = holdout_validation(dataset.train, data.val_size, seed=data.split_seed)
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"val_size={data.val_size} leaves an empty split of {len(dataset.train)} training images")
+    if data.pixel_model == "fixed":
+        train = fixed_view(train, "fixed", dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET["train"])
+    return train, fixed_view(val, data.pixel_model, dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET["val"])
+
+
+def evaluation_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
+    """The deterministic view of `split` (train, val or test) that evaluation scores."""
+    if split == "test":
+        images = dataset.test
+    elif split in ("train", "val"):
+        train, val = holdout_validation(dataset.train, data.val_size, seed=data.split_seed)
+        images = train if split == "train" else val
+    else:
+        raise DataError(f"split must be train, val or test, got {split!r}")
+    return fixed_view(images, data.pixel_model, dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET[split])

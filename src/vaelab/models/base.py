@@ -1,0 +1,62 @@
+"""The one interface every vaelab model implements.
+
+A model is an nn.Module built from (config dataclass, image shape, number of classes). The trainer
+only calls `loss` through `train_step`; models with unusual updates (a GAN's two optimizers, an
+RBM's contrastive divergence) override `make_optimizers` and `train_step` instead of copying the
+loop. Models never import estimators or plots.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vaelab.data.loader import Batch
+
+
+class GenerativeModel(nn.Module, abc.ABC):
+    """Base class: subclasses set `config_class` and implement `loss` and `sample`."""
+
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, image_shape: Sequence[int], num_classes: int | None = None):
+        super().__init__()
+        self.config = config
+        self.image_shape = tuple(image_shape)  # (C, H, W)
+        self.num_classes = num_classes
+
+    @abc.abstractmethod
+    def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
+        """Per-batch training objective: a dict whose "loss" entry is minimized; the rest are logged."""
+
+    @abc.abstractmethod
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+        """Draw num_samples images (num_samples, C, H, W) with values in [0, 1]."""
+
+    # -- training hooks the trainer calls; override for unusual updates --------------------------
+
+    def make_optimizers(self, build_optimizer) -> list[torch.optim.Optimizer]:
+        """The optimizers this model trains with; `build_optimizer(params)` applies the train config."""
+        return [build_optimizer(self.parameters())]
+
+    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer], step: int,
+                   grad_clip: float = 0.0, autocast=None) -> dict[str, Tensor]:
+        """One optimizer step on one batch; returns the detached loss terms for logging."""
+        (optimizer,) = optimizers
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            terms = self.loss(batch, step=step)
+        terms["loss"].backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    @torch.no_grad()
+    def validation_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """The loss terms on held-out data (no update); by default the training loss."""
+        return {name: value.detach() for name, value in self.loss(batch).items()}

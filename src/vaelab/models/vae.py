@@ -1,0 +1,156 @@
+"""The Variational Autoencoder (Kingma & Welling 2013, "Auto-Encoding Variational Bayes", section 3).
+
+    q(z|x) = N(mu(x), diag(sigma^2(x)))      encoder
+    p(z)   = N(0, I)                          prior
+    p(x|z) = Bernoulli or Gaussian            decoder (the likelihood)
+
+Training maximizes the ELBO, E_q[log p(x|z)] - KL(q(z|x) || p(z)), with the KL in closed form and the
+expectation estimated by `mc_samples` reparameterized draws (eq. 10 of the paper), or the
+importance-weighted bound L_k of Burda et al. (2015, eq. 8) with `objective=iwae`.
+`beta` weights the KL (Higgins et al. 2017); `kl_warmup_steps` ramps it up linearly from 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from vaelab.data.loader import Batch
+from vaelab.distributions import (BernoulliLikelihood, GaussianLikelihood, diag_gaussian_log_prob,
+                                  gaussian_kl_standard, log_mean_exp, reparameterize,
+                                  standard_normal_log_prob)
+from vaelab.errors import ConfigError
+from vaelab.models.base import GenerativeModel
+from vaelab.models.blocks import build_decoder, build_encoder
+
+
+@dataclass
+class VAEConfig:
+    architecture: Literal["mlp", "conv", "linear"] = "mlp"  # linear: affine encoder and decoder
+    hidden: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
+    channels: tuple[int, ...] = (32, 64)  # conv widths (architecture=conv)
+    activation: str = "relu"
+    latent_dim: int = 20
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    variance: Literal["fixed", "learned"] = "fixed"  # Gaussian likelihood only
+    fixed_std: float = 0.1  # sigma of the fixed-variance Gaussian likelihood
+    min_std: float = 0.01  # soft lower bound on a learned sigma
+    gaussian_mean: Literal["sigmoid", "identity"] = "sigmoid"  # identity + linear: the linear-Gaussian VAE
+    objective: Literal["elbo", "iwae"] = "elbo"
+    mc_samples: int = 1  # L: samples of z per data point for the ELBO
+    k: int = 5  # importance samples for objective=iwae
+    beta: float = 1.0  # weight on the KL term (beta-VAE)
+    kl_warmup_steps: int = 0  # linear ramp of the KL weight from 0 to beta over this many steps
+
+
+def build_likelihood(config: VAEConfig) -> BernoulliLikelihood | GaussianLikelihood:
+    if config.likelihood == "bernoulli":
+        return BernoulliLikelihood()
+    return GaussianLikelihood(learned_variance=config.variance == "learned", fixed_std=config.fixed_std,
+                              min_std=config.min_std, sigmoid_mean=config.gaussian_mean == "sigmoid")
+
+
+class VAE(GenerativeModel):
+    config_class = VAEConfig
+
+    def __init__(self, config: VAEConfig, image_shape: Sequence[int], num_classes: int | None = None):
+        super().__init__(config, image_shape, num_classes)
+        if config.latent_dim < 1 or config.mc_samples < 1 or config.k < 1:
+            raise ConfigError("latent_dim, mc_samples and k must be at least 1")
+        self.likelihood = build_likelihood(config)
+        self.encoder = build_encoder(config.architecture, self.image_shape, config.hidden,
+                                     config.activation, config.channels)
+        # One linear head emits mu and log sigma^2 side by side.
+        self.posterior_head = nn.Linear(self.encoder.out_features, 2 * config.latent_dim)
+        out_channels = self.image_shape[0] * self.likelihood.params_per_pixel
+        self.decoder = build_decoder(config.architecture, config.latent_dim, self.image_shape,
+                                     out_channels, config.hidden, config.activation, config.channels)
+
+    # -- the three pieces of pytorch/examples' VAE --------------------------------------------
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, H, W) -> mu, log_var, each (B, D)."""
+        mu, log_var = self.posterior_head(self.encoder(x)).chunk(2, dim=-1)
+        return mu, log_var
+
+    def reparameterize(self, mu: Tensor, log_var: Tensor, num_samples: int | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        return reparameterize(mu, log_var, num_samples, generator)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z (..., D) -> the likelihood's parameters (..., C * params_per_pixel, H, W)."""
+        batch_shape = z.shape[:-1]
+        decoded = self.decoder(z.reshape(-1, z.shape[-1]))
+        return decoded.view(*batch_shape, *decoded.shape[1:])
+
+    # -- densities ----------------------------------------------------------------------------
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z): x (B, C, H, W), z (S, B, D) -> (S, B)."""
+        return self.likelihood.log_prob(x, self.decode(z))
+
+    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
+                    posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Importance log-weights log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): (S, B).
+
+        `posterior` lets a caller that draws many chunks of samples encode x only once."""
+        mu, log_var = posterior if posterior is not None else self.encode(x)
+        z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
+        return (self.log_likelihood(x, z) + standard_normal_log_prob(z)
+                - diag_gaussian_log_prob(z, mu, log_var))
+
+    def elbo_terms(self, x: Tensor, num_samples: int = 1,
+                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Per-example reconstruction E_q[log p(x|z)] (MC, num_samples draws) and closed-form KL: (B,)."""
+        mu, log_var = self.encode(x)
+        z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
+        reconstruction = self.log_likelihood(x, z).mean(0)
+        kl = gaussian_kl_standard(mu, log_var).sum(-1)
+        return {"reconstruction": reconstruction, "kl": kl}
+
+    def iw_bound(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """L_k = E[log (1/k) sum_s w_s] (Burda et al. 2015, eq. 8), one k-sample estimate per example: (B,)."""
+        return log_mean_exp(self.log_weights(x, k, generator), dim=0)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def kl_weight(self, step: int | None) -> float:
+        """beta, ramped linearly from 0 over kl_warmup_steps; the full beta when step is None (evaluation)."""
+        warmup = self.config.kl_warmup_steps
+        if step is None or warmup <= 0:
+            return self.config.beta
+        return self.config.beta * min(1.0, step / warmup)
+
+    def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
+        x = batch.x
+        if self.config.objective == "iwae":
+            bound = self.iw_bound(x, self.config.k)
+            return {"loss": -bound.mean(), "iw_bound": bound.mean()}
+        terms = self.elbo_terms(x, self.config.mc_samples)
+        weight = self.kl_weight(step)
+        reconstruction, kl = terms["reconstruction"].mean(), terms["kl"].mean()
+        return {"loss": weight * kl - reconstruction, "reconstruction": -reconstruction, "kl": kl,
+                "elbo": reconstruction - kl}
+
+    # -- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None,
+               mean: bool = True, **kwargs) -> Tensor:
+        """z ~ N(0, I), then the decoder alone. Returns the likelihood's mean (mean=True, the usual
+        picture) or a draw from p(x|z)."""
+        device = next(self.parameters()).device
+        z = torch.randn(num_samples, self.config.latent_dim, generator=generator, device=device)
+        decoded = self.decode(z)
+        images = self.likelihood.mean(decoded) if mean else self.likelihood.sample(decoded, generator)
+        return images.clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean: x (B, C, H, W) -> the likelihood's mean (B, C, H, W)."""
+        mu, _ = self.encode(x)
+        return self.likelihood.mean(self.decode(mu)).clamp(0.0, 1.0)

@@ -1,0 +1,276 @@
+"""The one training loop every model goes through.
+
+The loop reads top to bottom: for each epoch, for each minibatch, `model.train_step`; then
+validation, a metrics.jsonl line, TensorBoard scalars and a checkpoint. Models with unusual updates
+override `train_step`/`make_optimizers`, never this loop. A checkpoint holds everything `--resume`
+needs (weights, optimizer and scheduler state, RNG state, position in the epoch, running sums), so
+a resumed run produces the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE, RunConfig,
+                               load_training_state, save_run_config, save_training_state, save_weights)
+from vaelab.data.datasets import Split
+from vaelab.data.loader import BatchIterator
+from vaelab.data.pixels import batch_transform
+from vaelab.errors import VaelabError
+from vaelab.models.base import GenerativeModel
+from vaelab.optim import build_optimizer, build_scheduler
+
+VALIDATION_SEED = 12345  # validation noise is drawn from its own fixed stream, never the training one
+TENSORBOARD_EVERY = 50  # steps between TensorBoard training scalars
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VaelabError("--device cuda was asked for but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise VaelabError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # index of the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of that epoch already done
+    step: int = 0  # optimizer steps so far
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # running sums of this epoch's terms
+    epoch_batches: int = 0
+    epoch_seconds: float = 0.0  # time spent in this epoch before an interruption
+    best_val_loss: float = math.inf
+    epochs_since_best: int = 0
+
+
+class Trainer:
+    def __init__(self, model: GenerativeModel, run_config: RunConfig, run_dir: str | Path,
+                 train_split: Split, val_split: Split, levels: int | None, progress_bar: bool | None = None):
+        self.cfg = run_config.train
+        self.run_config = run_config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(self.cfg.device)
+        self.model = model.to(self.device)
+        self.train_split, self.val_split = train_split, val_split
+        self.transform = batch_transform(run_config.data.pixel_model, levels)
+        self.steps_per_epoch = len(BatchIterator(train_split, self.cfg.batch_size, shuffle=False))
+        if self.steps_per_epoch == 0:
+            raise VaelabError(f"batch_size={self.cfg.batch_size} gives no batches for {len(train_split)} images")
+        total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.optimizers = model.make_optimizers(lambda params: build_optimizer(params, self.cfg))
+        self.schedulers = [build_scheduler(opt, self.cfg, self.steps_per_epoch, total_steps)
+                           for opt in self.optimizers]
+        self.progress = Progress()
+        self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.writer = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        state = {"model": self.model.state_dict(),
+                 "optimizers": [opt.state_dict() for opt in self.optimizers],
+                 "schedulers": [sch.state_dict() for sch in self.schedulers],
+                 "rng": {"torch": torch.get_rng_state()},
+                 "progress": self.progress.__dict__.copy()}
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self) -> None:
+        save_training_state(self.run_dir, self._state())
+
+    def restore_checkpoint(self) -> None:
+        state = load_training_state(self.run_dir)
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        for sch, sch_state in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(sch_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.progress = Progress(**state["progress"])
+        _truncate_metrics(self.run_dir / METRICS_FILE, completed_epochs=self.progress.epoch)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until `epochs`, `max_steps` or early stopping; returns the last metrics line."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.restore_checkpoint()
+        else:
+            torch.manual_seed(self.cfg.seed)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        save_run_config(self.run_dir, self.run_config)
+        self._open_tensorboard()
+        last_metrics: dict = {}
+        try:
+            while self.progress.epoch < self.cfg.epochs and not self._reached_max_steps():
+                last_metrics = self._run_epoch()
+                if last_metrics.get("partial_epoch") or self._should_stop_early():
+                    break
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            save_weights(self.model, self.run_dir / WEIGHTS_FILE)
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        save_weights(self.model, self.run_dir / WEIGHTS_FILE)
+        return last_metrics
+
+    def _run_epoch(self) -> dict:
+        p = self.progress
+        batches = BatchIterator(self.train_split, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                                epoch=p.epoch, transform=self.transform, start_batch=p.batch_in_epoch)
+        bar = tqdm(total=len(batches), initial=p.batch_in_epoch, disable=not self.show_bar,
+                   desc=f"epoch {p.epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+        started = time.perf_counter() - p.epoch_seconds
+        self.model.train()
+        for batch in batches:
+            terms = self._train_step(batch)
+            p.batch_in_epoch += 1
+            p.epoch_seconds = time.perf_counter() - started
+            bar.update(1)
+            if p.step % 10 == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items() if k in ("loss", "reconstruction", "kl")})
+            if self.cfg.save_every and p.step % self.cfg.save_every == 0:
+                self.save_checkpoint()
+            if self._reached_max_steps():
+                break
+        bar.close()
+        return self._end_epoch(partial=p.batch_in_epoch < len(batches))
+
+    def _train_step(self, batch) -> dict[str, float]:
+        p = self.progress
+        batch = batch.to(self.device)
+        terms = self.model.train_step(batch, self.optimizers, p.step, grad_clip=self.cfg.grad_clip,
+                                      autocast=self._autocast)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        p.step += 1
+        values = {name: float(value) for name, value in terms.items()}
+        if not math.isfinite(values["loss"]):
+            raise TrainingError(f"the training loss became {values['loss']} at step {p.step}; "
+                                f"the last checkpoint in {self.run_dir / CHECKPOINT_DIR} is intact "
+                                "(try a lower lr or grad_clip=...)")
+        for name, value in values.items():
+            p.epoch_sums[name] = p.epoch_sums.get(name, 0.0) + value
+        p.epoch_batches += 1
+        if self.writer is not None and p.step % TENSORBOARD_EVERY == 0:
+            for name, value in values.items():
+                self.writer.add_scalar(f"train_step/{name}", value, p.step)
+        return values
+
+    def _end_epoch(self, partial: bool) -> dict:
+        p = self.progress
+        validation = self.validate()
+        metrics = {"epoch": p.epoch + 1, "step": p.step,
+                   **{f"train_{k}": v / max(1, p.epoch_batches) for k, v in p.epoch_sums.items()},
+                   **{f"val_{k}": v for k, v in validation.items()},
+                   "lr": self.optimizers[0].param_groups[0]["lr"], "epoch_seconds": round(p.epoch_seconds, 3)}
+        if partial:
+            metrics["partial_epoch"] = True
+        self._log_epoch(metrics)
+        # A partial epoch (stopped by max_steps) keeps its place for --resume; best-so-far tracking
+        # and early stopping count whole epochs only.
+        if not partial:
+            self._track_best(validation["loss"])
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            p.epoch_sums, p.epoch_batches, p.epoch_seconds = {}, 0, 0.0
+        self.save_checkpoint()
+        return metrics
+
+    def _track_best(self, val_loss: float) -> None:
+        p = self.progress
+        if val_loss < p.best_val_loss:
+            p.best_val_loss, p.epochs_since_best = val_loss, 0
+            save_weights(self.model, self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS)
+        else:
+            p.epochs_since_best += 1
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss terms over the validation split, with noise from a fixed, separate stream so the
+        training RNG is untouched and epochs are comparable."""
+        self.model.eval()
+        sums: dict[str, float] = defaultdict(float)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(VALIDATION_SEED)
+            for batch in BatchIterator(self.val_split, self.cfg.eval_batch_size, shuffle=False):
+                batch = batch.to(self.device)
+                with self._autocast():
+                    terms = self.model.validation_loss(batch)
+                for name, value in terms.items():
+                    sums[name] += float(value) * len(batch.x)
+        self.model.train()
+        return {name: total / len(self.val_split) for name, total in sums.items()}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _reached_max_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps
+
+    def _should_stop_early(self) -> bool:
+        patience = self.cfg.early_stopping
+        return patience > 0 and self.progress.epochs_since_best >= patience
+
+    def _open_tensorboard(self) -> None:
+        if not self.cfg.tensorboard:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when asked for
+
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.progress.step or None)
+
+    def _log_epoch(self, metrics: dict) -> None:
+        with open(self.run_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
+            self.writer.flush()
+        if not self.show_bar:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                              if k.startswith(("train_loss", "val_loss", "val_kl", "val_reconstruction")))
+            print(f"epoch {metrics['epoch']} step {metrics['step']}: {shown} ({metrics['epoch_seconds']:.1f}s)",
+                  file=sys.stderr, flush=True)
+        else:
+            tqdm.write(f"epoch {metrics['epoch']}: train loss {metrics.get('train_loss', float('nan')):.4g}, "
+                       f"val loss {metrics['val_loss']:.4g} ({metrics['epoch_seconds']:.1f}s)", file=sys.stderr)
+
+
+def _truncate_metrics(path: Path, completed_epochs: int) -> None:
+    """Drop metrics lines written after the checkpoint (epochs not completed, partial epochs)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and (entry := json.loads(line))["epoch"] <= completed_epochs
+            and not entry.get("partial_epoch")]
+    path.write_text("".join(line + "\n" for line in kept))

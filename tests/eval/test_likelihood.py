@@ -1,0 +1,62 @@
+"""The ELBO and the importance-weighted bound L_k against the exact log p(x) of a linear-Gaussian VAE."""
+
+import pytest
+import torch
+
+from linear_gaussian import exact_log_prob, make_linear_gaussian_vae, sample_data
+from vaelab.data.datasets import Split
+from vaelab.eval.likelihood import elbo, importance_weighted_bound
+
+
+def _split(x):
+    return Split(images=x, labels=None)
+
+
+def test_exact_posterior_makes_every_bound_exact():
+    model = make_linear_gaussian_vae(exact_posterior=True)
+    x = sample_data(model, 50)
+    exact = exact_log_prob(model, x).mean().item()
+    # With q equal to the posterior every importance weight is p(x): L_k is exact for any k, and the
+    # ELBO is exact in expectation (its reconstruction term is a Monte Carlo average).
+    assert elbo(model, _split(x), num_samples=4000)["elbo"].value == pytest.approx(exact, abs=0.02)
+    for k in (1, 7, 100):
+        assert importance_weighted_bound(model, _split(x), k=k).value == pytest.approx(exact, abs=1e-4)
+
+
+def test_iw_bound_rises_with_k_and_converges_to_log_px():
+    model = make_linear_gaussian_vae(exact_posterior=False, perturbation=0.4)
+    x = sample_data(model, 200)
+    exact = exact_log_prob(model, x).mean().item()
+    elbo_value = elbo(model, _split(x), num_samples=1000)["elbo"].value
+    bounds = [importance_weighted_bound(model, _split(x), k=k, seed=k).value for k in (1, 10, 100, 1000, 5000)]
+    assert elbo_value < exact - 0.5, "the perturbed encoder should leave a visible ELBO gap"
+    assert bounds[0] == pytest.approx(elbo_value, abs=0.3)  # L_1 is a one-sample ELBO estimate
+    assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
+    assert bounds[1] > elbo_value + 0.5
+    assert abs(exact - bounds[-1]) < 0.05, (bounds, exact)
+
+
+def test_chunked_log_sum_exp_is_exact():
+    model = make_linear_gaussian_vae(exact_posterior=True)
+    x = sample_data(model, 10)
+    chunked = importance_weighted_bound(model, _split(x), k=50, max_rows=7, batch_size=3).value
+    assert chunked == pytest.approx(exact_log_prob(model, x).mean().item(), abs=1e-4)
+
+
+def test_chunking_does_not_change_the_estimate_beyond_noise():
+    model = make_linear_gaussian_vae(exact_posterior=False, perturbation=0.4)
+    x = sample_data(model, 100)
+    seeds = range(6)  # one seed's L_500 over 100 examples varies by ~0.03 nats
+    whole = sum(importance_weighted_bound(model, _split(x), k=500, seed=s).value for s in seeds) / 6
+    chunked = sum(importance_weighted_bound(model, _split(x), k=500, seed=s, max_rows=7, batch_size=3).value
+                  for s in seeds) / 6
+    assert chunked == pytest.approx(whole, abs=0.03)
+
+
+def test_estimates_report_settings_and_stderr():
+    model = make_linear_gaussian_vae()
+    x = sample_data(model, 30)
+    estimate = importance_weighted_bound(model, _split(x), k=20)
+    assert estimate.settings["k"] == 20 and estimate.settings["examples"] == 30
+    per_example = exact_log_prob(model, x)
+    assert estimate.stderr == pytest.approx(per_example.std().item() / 30**0.5, rel=1e-3)
