@@ -16,11 +16,16 @@ def load_data(data: DataConfig) -> ImageDataset:
     return load_dataset(data.name, data.data_dir)
 
 
+def _validation_size(data: DataConfig) -> int | float:
+    """val_size below 1 is a fraction of the training split, otherwise a count of images."""
+    return data.val_size if data.val_size < 1 else int(data.val_size)
+
+
 def training_splits(dataset: ImageDataset, data: DataConfig) -> tuple[Split, Split]:
     """(train, validation): the validation split is held out of the training split (the test split
     is untouched until evaluation) and fixed once; under binarize=fixed the training split is
     binarized once as well."""
-    train, val = holdout_validation(dataset.train, data.val_size, seed=data.split_seed)
+    train, val = holdout_validation(dataset.train, _validation_size(data), seed=data.split_seed)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"val_size={data.val_size} leaves an empty split of {len(dataset.train)} training images")
     if data.pixel_model == "fixed":
@@ -33,7 +38,7 @@ def evaluation_split(dataset: ImageDataset, data: DataConfig, split: str) -> Spl
     if split == "test":
         images = dataset.test
     elif split in ("train", "val"):
-        train, val = holdout_validation(dataset.train, data.val_size, seed=data.split_seed)
+        train, val = holdout_validation(dataset.train, _validation_size(data), seed=data.split_seed)
         images = train if split == "train" else val
     else:
         raise DataError(f"split must be train, val or test, got {split!r}")
