@@ -114,7 +114,7 @@ def cmd_sample(args) -> int:
         raise VaelabError(f"-n must be at least 1, got {args.n}")
     kwargs = {}
     if args.label is not None:
-        if not model.num_classes or "label" not in model.sample.__code__.co_varnames:
+        if not model.conditional:
             raise VaelabError(f"--label needs a class-conditional model; {args.run_dir} is unconditional")
         kwargs["label"] = args.label
     generator = torch.Generator().manual_seed(args.seed)
@@ -148,49 +148,26 @@ def cmd_reconstruct(args) -> int:
 
 # -- eval ----------------------------------------------------------------------------------------
 
-def _metric_elbo(model, split, args):
-    from vaelab.eval.likelihood import elbo
-
-    return elbo(model, split, seed=args.seed, progress=sys.stderr.isatty())
-
-
-def _metric_iw(model, split, args):
-    from vaelab.eval.likelihood import importance_weighted_bound
-
-    estimate = importance_weighted_bound(model, split, k=args.k, seed=args.seed, progress=sys.stderr.isatty())
-    return {f"iw_bound": estimate}
-
-
-METRICS = {"elbo": (_metric_elbo, "elbo_terms"), "iw": (_metric_iw, "log_weights")}
-
-
 def cmd_eval(args) -> int:
-    from vaelab.checkpoint import load_run_config
+    from vaelab.checkpoint import atomic_write_json, load_run_config
+    from vaelab.eval.metrics import EvalOptions, check_metrics, evaluate
     from vaelab.experiment import evaluation_split, load_data
 
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METRICS]
-    if unknown or not names:
-        raise VaelabError(f"unknown metric {unknown[0] if unknown else ''!r}; available: {', '.join(METRICS)}")
     if args.k < 1:
         raise VaelabError(f"--k must be at least 1, got {args.k}")
     model = _load_model(args)
-    for name in names:
-        if not hasattr(model, METRICS[name][1]):
-            raise VaelabError(f"metric {name!r} does not apply to a {type(model).__name__}")
+    check_metrics(names, model)  # before loading data: a bad metric name fails fast
     run_config = load_run_config(args.run_dir)
     split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
     if args.limit:
         split = split.subset(slice(0, args.limit))
-    results = {}
-    for name in names:
-        results.update({key: estimate.to_dict() for key, estimate in METRICS[name][0](model, split, args).items()})
+    options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty())
+    results = {name: estimate.to_dict() for name, estimate in evaluate(model, split, names, options).items()}
     for result in results.values():
         result["settings"].update(split=args.split, checkpoint=args.checkpoint)
     _print_table(results, args)
     if args.json:
-        from vaelab.checkpoint import atomic_write_json
-
         atomic_write_json(Path(args.json), results)
     return EXIT_OK
 
@@ -226,6 +203,7 @@ def _add_run_arguments(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vaelab.eval.metrics import METRICS
     from vaelab.registry import MODELS
 
     parser = _Parser(prog="vaelab", description="Train, sample, evaluate and compare VAEs.")

@@ -22,6 +22,7 @@ class GenerativeModel(nn.Module, abc.ABC):
     """Base class: subclasses set `config_class` and implement `loss` and `sample`."""
 
     config_class: ClassVar[type]
+    conditional: ClassVar[bool] = False  # True for models whose sample() takes a class label
 
     def __init__(self, config: Any, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__()
