@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (OSError, SafetensorError) as error:
         raise VaelabError(f"cannot read weights {path}: {error}") from None
+
+
+RUN_ENTRIES = (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, CHECKPOINT_DIR, "tensorboard")
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove what a previous run wrote into run_dir (and nothing else: it may hold other files)."""
+    for name in RUN_ENTRIES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def save_run_config(run_dir: Path, run_config: RunConfig) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -64,7 +63,7 @@ def _resumed_config(args, run_dir: Path):
 
 
 def cmd_train(args) -> int:
-    from vaelab.checkpoint import CONFIG_FILE, RunConfig, build_model
+    from vaelab.checkpoint import CONFIG_FILE, RunConfig, build_model, clear_run
     from vaelab.experiment import load_data, training_splits
     from vaelab.trainer import Trainer
 
@@ -83,8 +82,8 @@ def cmd_train(args) -> int:
     run_config.class_names = dataset.class_names
     train_split, val_split = training_splits(dataset, run_config.data)
     model = build_model(run_config)
-    if not args.resume and run_dir.exists() and args.overwrite:
-        shutil.rmtree(run_dir)
+    if not args.resume and args.overwrite:
+        clear_run(run_dir)
     trainer = Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)
     print(f"training {args.model} on {dataset.name} ({len(train_split)} train / {len(val_split)} val images, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, {trainer.device}) -> {run_dir}",
@@ -258,11 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, but KEY=VALUE overrides may also come after options (argparse alone stops
+    collecting a trailing positional list once an option follows it)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        raise VaelabError(f"unrecognized arguments: {' '.join(unknown or overrides)} (see 'vaelab --help')")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("VAELAB_DEBUG") == "1"
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         return COMMANDS[args.command](args)
     except VaelabError as error:
         if debug:
