@@ -74,10 +74,14 @@ def test_gaussian_learned_variance_matches_torch():
     x = torch.rand(2, 3, 4, 4, generator=generator)
     likelihood = GaussianLikelihood(learned_variance=True, min_std=0.05)
     raw_mean, raw_log_var = decoded.chunk(2, dim=-3)
-    std = torch.exp(0.5 * (2 * math.log(0.05) + F.softplus(raw_log_var)))
+    floor = 2 * math.log(0.05)
+    std = torch.exp(0.5 * (floor + F.softplus(raw_log_var - floor)))
     expected = Normal(torch.sigmoid(raw_mean), std).log_prob(x.expand_as(raw_mean)).flatten(2).sum(-1)
     torch.testing.assert_close(likelihood.log_prob(x, decoded), expected)
     assert torch.all(std >= 0.05)
+    # far above the floor the decoder's raw output is log sigma^2 itself
+    torch.testing.assert_close(likelihood._mean_and_log_var(torch.full((1, 2, 1, 1), 1.0))[1],
+                               torch.full((1, 1, 1, 1), 1.0), atol=2e-3, rtol=0)
 
 
 def test_identity_mean_gaussian_is_the_linear_model():

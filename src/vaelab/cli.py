@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.errors import VaelabError
+from vaelab.errors import TrainingError, VaelabError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"vaelab: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingError as error:
+        print(f"vaelab: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("vaelab: error: interrupted (a training run can continue with --resume)", file=sys.stderr)
         return 130

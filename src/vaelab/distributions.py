@@ -77,7 +77,7 @@ class GaussianLikelihood:
 
     Fixed variance: the decoder emits the mean only and sigma = fixed_std.
     Learned variance: the decoder also emits a per-pixel log-variance (Kingma & Welling 2013,
-    appendix C.2), bounded below softly at min_std so that constant pixels (MNIST's black border)
+    appendix C.2), log sigma^2 = raw output, bounded below softly at min_std so that constant pixels (MNIST's black border)
     cannot drive the density to infinity.
     The mean goes through a sigmoid by default, as pixel intensities live in [0, 1]; with
     sigmoid_mean=False it is the decoder's output itself (the linear-Gaussian model).
@@ -97,7 +97,9 @@ class GaussianLikelihood:
             mean = torch.sigmoid(decoded) if self.sigmoid_mean else decoded
             return mean, torch.full_like(mean, 2.0 * math.log(self.fixed_std))
         raw_mean, raw_log_var = decoded.chunk(2, dim=channel_dim)
-        log_var = 2.0 * math.log(self.min_std) + F.softplus(raw_log_var)
+        # log sigma^2 = raw where raw is well above the floor, smoothly bounded below by log min_std^2.
+        floor = 2.0 * math.log(self.min_std)
+        log_var = floor + F.softplus(raw_log_var - floor)
         return (torch.sigmoid(raw_mean) if self.sigmoid_mean else raw_mean), log_var
 
     def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:

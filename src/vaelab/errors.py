@@ -11,3 +11,7 @@ class DataError(VaelabError):
 
 class ConfigError(VaelabError):
     """A configuration key or value that does not fit the config dataclass."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN, ...): exit status 1, checkpoints kept."""

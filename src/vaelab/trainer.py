@@ -26,16 +26,12 @@ from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGH
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
 from vaelab.data.pixels import batch_transform
-from vaelab.errors import VaelabError
+from vaelab.errors import TrainingError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.optim import build_optimizer, build_scheduler
 
 VALIDATION_SEED = 12345  # validation noise is drawn from its own fixed stream, never the training one
 TENSORBOARD_EVERY = 50  # steps between TensorBoard training scalars
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -171,9 +167,10 @@ class Trainer:
         p.step += 1
         values = {name: float(value) for name, value in terms.items()}
         if not math.isfinite(values["loss"]):
-            raise TrainingError(f"the training loss became {values['loss']} at step {p.step}; "
-                                f"the last checkpoint in {self.run_dir / CHECKPOINT_DIR} is intact "
-                                "(try a lower lr or grad_clip=...)")
+            saved = self.run_dir / CHECKPOINT_DIR / "last.safetensors"
+            kept = f"; the last checkpoint ({saved}) is intact" if saved.exists() else ""
+            raise TrainingError(f"the training loss became {values['loss']} at step {p.step}{kept} "
+                                "(try a lower lr, or grad_clip=1)")
         for name, value in values.items():
             p.epoch_sums[name] = p.epoch_sums.get(name, 0.0) + value
         p.epoch_batches += 1
