@@ -119,7 +119,14 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise VaelabError(f"{path} is not valid JSON: {error.msg}") from None
-    return RunConfig.from_dict(values)
+    if not isinstance(values, dict):
+        raise VaelabError(f"{path} is not a vaelab run config (expected a JSON object)")
+    try:
+        return RunConfig.from_dict(values)
+    except KeyError as error:  # a hand-edited or foreign config.json: one line, not a traceback
+        raise VaelabError(f"{path} is not a complete vaelab run config: no {error} entry") from None
+    except (AttributeError, TypeError, ValueError) as error:
+        raise VaelabError(f"{path} is not a valid vaelab run config: {error}") from None
 
 
 def build_model(run_config: RunConfig) -> GenerativeModel:
@@ -133,6 +140,12 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     tensors = read_tensors(path)
+    expected = model.state_dict()
+    # load_state_dict raises a RuntimeError for a shape mismatch even with strict=False
+    mismatched = [f"{key} {tuple(tensors[key].shape)} (model: {tuple(value.shape)})"
+                  for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    if mismatched:
+        raise VaelabError(f"weights {path} do not fit the model: {', '.join(mismatched[:3])}")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise VaelabError(f"weights {path} do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -8,7 +8,6 @@ only with --debug or VAELAB_DEBUG=1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -48,7 +47,7 @@ def _train_configs(args):
 def _resumed_config(args, run_dir: Path):
     """A resumed run keeps its model and data; only the training budget and device may change."""
     from vaelab.checkpoint import load_run_config
-    from vaelab.config import parse_overrides, update_config
+    from vaelab.config import update_config
 
     run_config = load_run_config(run_dir)
     if run_config.model_name != args.model:
@@ -63,6 +62,8 @@ def _resumed_config(args, run_dir: Path):
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from vaelab.checkpoint import CONFIG_FILE, RunConfig, build_model, clear_run
     from vaelab.experiment import load_data, training_splits
     from vaelab.trainer import Trainer
@@ -81,7 +82,9 @@ def cmd_train(args) -> int:
     run_config.image_shape, run_config.num_classes = dataset.image_shape, dataset.num_classes
     run_config.class_names = dataset.class_names
     train_split, val_split = training_splits(dataset, run_config.data)
-    model = build_model(run_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_config.train.seed)  # the initial weights follow --seed too
+        model = build_model(run_config)
     if not args.resume and args.overwrite:
         clear_run(run_dir)
     trainer = Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)

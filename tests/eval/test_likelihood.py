@@ -1,7 +1,6 @@
 """The ELBO and the importance-weighted bound L_k against the exact log p(x) of a linear-Gaussian VAE."""
 
 import pytest
-import torch
 
 from linear_gaussian import exact_log_prob, make_linear_gaussian_vae, sample_data
 from vaelab.data.datasets import Split

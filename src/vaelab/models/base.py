@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from vaelab.config import config_from_dict, config_to_dict
 from vaelab.data.loader import Batch
 
 
@@ -26,7 +27,9 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     def __init__(self, config: Any, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__()
-        self.config = config
+        # A config built in Python gets the checks a YAML file or KEY=VALUE gets: a misspelt
+        # choice is an error, not a silent fallback.
+        self.config = config_from_dict(self.config_class, config_to_dict(config))
         self.image_shape = tuple(image_shape)  # (C, H, W)
         self.num_classes = num_classes
 

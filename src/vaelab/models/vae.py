@@ -59,6 +59,7 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
+        config = self.config
         if config.latent_dim < 1 or config.mc_samples < 1 or config.k < 1:
             raise ConfigError("latent_dim, mc_samples and k must be at least 1")
         self.likelihood = build_likelihood(config)
