@@ -10,6 +10,7 @@ a resumed run produces the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import sys
@@ -22,10 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE, RunConfig,
-                               load_training_state, save_run_config, save_training_state, save_weights)
+                               load_training_state, load_weights, save_run_config, save_training_state,
+                               save_weights)
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
-from vaelab.data.pixels import batch_transform
+from vaelab.data.pixels import batch_transform, fixed_view
 from vaelab.errors import TrainingError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.optim import build_optimizer, build_scheduler
@@ -67,6 +69,7 @@ class Trainer:
         self.device = resolve_device(self.cfg.device)
         self.model = model.to(self.device)
         self.train_split, self.val_split = train_split, val_split
+        self.levels = levels
         self.transform = batch_transform(run_config.data.pixel_model, levels)
         self.steps_per_epoch = len(BatchIterator(train_split, self.cfg.batch_size, shuffle=False))
         if self.steps_per_epoch == 0:
@@ -132,8 +135,22 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
-        save_weights(self.model, self.run_dir / WEIGHTS_FILE)
+        self._finish_training()
         return last_metrics
+
+    def _finish_training(self) -> None:
+        """Run the model's after-training pass (e.g. an AE fits its latent density to the training
+        codes) on the final weights and on the best ones, and save both."""
+        fit_split = fixed_view(self.train_split, self.run_config.data.pixel_model, self.levels,
+                               seed=self.run_config.data.split_seed)
+        best_path = self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS
+        if best_path.exists() and type(self.model).after_training is not GenerativeModel.after_training:
+            best_model = copy.deepcopy(self.model)
+            load_weights(best_model, best_path)
+            best_model.eval().after_training(fit_split)
+            save_weights(best_model, best_path)
+        self.model.eval().after_training(fit_split)
+        save_weights(self.model, self.run_dir / WEIGHTS_FILE)
 
     def _run_epoch(self) -> dict:
         p = self.progress

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
+from vaelab.errors import VaelabError
 
 DEFAULT_MAX_ROWS = 32768  # decoder rows per chunk: (rows x pixels) floats, ~100 MB at 784 pixels
 
@@ -43,9 +44,13 @@ def mean_and_stderr(per_example: Tensor) -> tuple[float, float]:
     return values.mean().item(), stderr
 
 
-def _batches(split: Split, batch_size: int, device: torch.device):
+def _batches(split: Split, batch_size: int, device: torch.device, conditional: bool):
+    """(x, conditioning) pairs: conditioning is {"y": labels} for a class-conditional model, else {}."""
     for batch in BatchIterator(split, batch_size, shuffle=False):
-        yield batch.to(device).x
+        batch = batch.to(device)
+        if conditional and batch.y is None:
+            raise VaelabError("a class-conditional model needs labelled data to be evaluated")
+        yield batch.x, ({"y": batch.y} if conditional else {})
 
 
 def _device_of(model) -> torch.device:
@@ -59,9 +64,9 @@ def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, se
     device = _device_of(model)
     generator = torch.Generator(device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"reconstruction": [], "kl": []}
-    for x in tqdm(_batches(split, batch_size, device), total=math.ceil(len(split) / batch_size),
-                  disable=not progress, desc="elbo", leave=False):
-        terms = model.elbo_terms(x, num_samples, generator)
+    for x, condition in tqdm(_batches(split, batch_size, device, model.conditional),
+                             total=math.ceil(len(split) / batch_size), disable=not progress, desc="elbo", leave=False):
+        terms = model.elbo_terms(x, num_samples, generator, **condition)
         for name in parts:
             parts[name].append(terms[name].cpu())
     reconstruction, kl = torch.cat(parts["reconstruction"]), torch.cat(parts["kl"])
@@ -73,15 +78,16 @@ def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, se
 
 @torch.no_grad()
 def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: torch.Generator,
-                                          max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
-    """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks."""
-    posterior = model.encode(x)
+                                          max_rows: int = DEFAULT_MAX_ROWS, **condition) -> Tensor:
+    """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks.
+    `condition` (y=labels) is passed on to a class-conditional model."""
+    posterior = model.encode(x, **condition)
     samples_per_chunk = max(1, min(k, max_rows // len(x)))
     running = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
     drawn = 0
     while drawn < k:
         chunk = min(samples_per_chunk, k - drawn)
-        log_w = model.log_weights(x, chunk, generator, posterior=posterior)  # (chunk, B)
+        log_w = model.log_weights(x, chunk, generator, posterior=posterior, **condition)  # (chunk, B)
         running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
         drawn += chunk
     return (running - math.log(k)).float()
@@ -98,8 +104,8 @@ def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size:
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))
     bounds = []
     with tqdm(total=len(split), disable=not progress, desc=f"L_{k}", leave=False, unit="img") as bar:
-        for x in _batches(split, batch_size, device):
-            bounds.append(importance_weighted_bound_per_example(model, x, k, generator, max_rows).cpu())
+        for x, condition in _batches(split, batch_size, device, model.conditional):
+            bounds.append(importance_weighted_bound_per_example(model, x, k, generator, max_rows, **condition).cpu())
             bar.update(len(x))
     settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows}
     return Estimate(*mean_and_stderr(torch.cat(bounds)), settings)

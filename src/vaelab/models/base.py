@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.config import config_from_dict, config_to_dict
+from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 
 
@@ -59,6 +60,11 @@ class GenerativeModel(nn.Module, abc.ABC):
             nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
         optimizer.step()
         return {name: value.detach() for name, value in terms.items()}
+
+    def after_training(self, train_split: Split) -> None:
+        """Called once training ends, in eval mode, with the training split in a deterministic pixel
+        view: the place for post-hoc fitting (an AE's latent density). Whatever it fits must live
+        in buffers so it is saved with the weights. Nothing by default."""
 
     @torch.no_grad()
     def validation_loss(self, batch: Batch) -> dict[str, Tensor]:
