@@ -183,6 +183,20 @@ def _print_table(results: dict, args) -> None:
         print(f"{'nll (= -iw_bound)':<26}{-results['iw_bound']['value']:>12.3f}{results['iw_bound']['stderr']:>10.3f}")
 
 
+# -- graph ---------------------------------------------------------------------------------------
+
+def cmd_graph(args) -> int:
+    from vaelab.config import apply_overrides, parse_overrides
+    from vaelab.graph_drawing import draw
+    from vaelab.registry import get_model_class
+
+    model_class = get_model_class(args.model)
+    config = apply_overrides({"model": model_class.config_class()}, parse_overrides(args.overrides))["model"]
+    path = draw(model_class.training_graph(config), args.out or f"{args.model}_graph.svg")
+    print(f"wrote the {args.model} training graph to {path}")
+    return EXIT_OK
+
+
 # -- data ----------------------------------------------------------------------------------------
 
 def cmd_data(args) -> int:
@@ -195,7 +209,7 @@ def cmd_data(args) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval,
-            "data": cmd_data}
+            "graph": cmd_graph, "data": cmd_data}
 
 
 def _add_run_arguments(parser) -> None:
@@ -252,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", help="write {metric: {value, stderr, settings}} to this file")
+
+    graph = commands.add_parser("graph", help="draw a model's training graph")
+    graph.add_argument("model", metavar="MODEL", choices=list(MODELS), help=f"one of: {', '.join(MODELS)}")
+    graph.add_argument("--out", help="FILE.svg or FILE.png (default MODEL_graph.svg)")
+    graph.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config keys, e.g. objective=iwae")
 
     data = commands.add_parser("data", help="locate (or download) a dataset and describe it")
     data.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, digits or a path")

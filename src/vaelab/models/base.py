@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from vaelab.config import config_from_dict, config_to_dict
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
+from vaelab.errors import VaelabError
+from vaelab.models.training_graph import TrainingGraph
 
 
 class GenerativeModel(nn.Module, abc.ABC):
@@ -41,6 +43,12 @@ class GenerativeModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
         """Draw num_samples images (num_samples, C, H, W) with values in [0, 1]."""
+
+    @classmethod
+    def training_graph(cls, config: Any = None) -> TrainingGraph:
+        """The model's training graph (inputs, networks, noise, sampled variables, cost terms) for
+        `vaelab graph`; nodes are declared top-down within each layer of the drawing."""
+        raise VaelabError(f"{cls.__name__} does not describe its training graph")
 
     # -- training hooks the trainer calls; override for unusual updates --------------------------
 

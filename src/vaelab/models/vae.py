@@ -26,6 +26,7 @@ from vaelab.distributions import (BernoulliLikelihood, GaussianLikelihood, diag_
 from vaelab.errors import ConfigError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.blocks import build_decoder, build_encoder
+from vaelab.models.training_graph import Node, TrainingGraph
 
 
 @dataclass
@@ -136,6 +137,29 @@ class VAE(GenerativeModel):
         reconstruction, kl = terms["reconstruction"].mean(), terms["kl"].mean()
         return {"loss": weight * kl - reconstruction, "reconstruction": -reconstruction, "kl": kl,
                 "elbo": reconstruction - kl}
+
+    # -- the training graph -------------------------------------------------------------------
+
+    @classmethod
+    def training_graph(cls, config: VAEConfig | None = None) -> TrainingGraph:
+        config = config or cls.config_class()
+        cost = "-log p(x|z)\n(BCE)" if config.likelihood == "bernoulli" else "-log p(x|z)\n(L2)"
+        # Nodes are declared top-down within each layer of the drawing.
+        nodes = [Node("x", "x", "input"), Node("encoder", "encoder\nq(z|x)", "network"),
+                 Node("posterior", "mu, log sigma^2", "output"), Node("eps", "eps ~ N(0, I)", "noise")]
+        edges = [("x", "encoder"), ("encoder", "posterior"), ("posterior", "z"), ("eps", "z"), ("z", "decoder")]
+        if config.objective == "elbo":
+            kl = "KL(q(z|x) || N(0, I))" + (f"\nx beta={config.beta:g}" if config.beta != 1 else "")
+            nodes.append(Node("kl", kl, "cost", highlight=True))
+            edges.append(("posterior", "kl"))
+        nodes += [Node("z", "z = mu + sigma * eps", "sampled"), Node("decoder", "decoder\np(x|z)", "network")]
+        if config.objective == "iwae":
+            nodes.append(Node("cost", f"-log 1/k sum_k w_k\n(k={config.k})", "cost"))
+            edges += [("decoder", "cost"), ("x", "cost"), ("posterior", "cost")]
+        else:
+            nodes.append(Node("reconstruction", cost, "cost"))
+            edges += [("decoder", "reconstruction"), ("x", "reconstruction")]
+        return TrainingGraph(f"{cls.__name__} ({config.architecture})", tuple(nodes), tuple(edges))
 
     # -- generation ---------------------------------------------------------------------------
 

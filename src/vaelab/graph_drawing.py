@@ -1,0 +1,118 @@
+"""Draw a model's training graph (vaelab.models.training_graph) as SVG or PNG.
+
+networkx orders the nodes into layers along the flow of computation (topological generations);
+matplotlib draws them left to right, one shape and colour per kind of node, so graphs of
+different models read the same way. The highlighted node (the VAE's KL term) is drawn in red.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+
+from vaelab.checkpoint import atomic_write_bytes  # noqa: E402
+from vaelab.errors import VaelabError  # noqa: E402
+from vaelab.models.training_graph import TrainingGraph  # noqa: E402
+
+STYLE = {  # kind -> (box style, fill colour)
+    "input": ("square,pad=0.4", "#d9d9d9"),
+    "network": ("round,pad=0.5", "#c6dbef"),
+    "noise": ("round,pad=0.3", "#fff2b3"),
+    "sampled": ("round4,pad=0.4", "#c7e9c0"),
+    "cost": ("sawtooth,pad=0.4", "#fdd0a2"),
+    "output": ("round4,pad=0.4", "#e5d8ef"),
+}
+HIGHLIGHT = "#e34a33"
+
+
+def layout(graph: TrainingGraph) -> dict[str, tuple[float, float]]:
+    """x: the node's layer, y: its place within the layer (declaration order, top down).
+
+    Layers follow the longest path from the inputs; a source node other than the first input
+    (noise, a label) moves right to sit just before the first node it feeds, so it is drawn
+    beside where it enters the computation."""
+    dag = nx.DiGraph()
+    dag.add_nodes_from(node.name for node in graph.nodes)
+    dag.add_edges_from(graph.edges)
+    if not nx.is_directed_acyclic_graph(dag):
+        raise VaelabError(f"the {graph.title} training graph has a cycle")
+    layer = {}
+    for depth, names in enumerate(nx.topological_generations(dag)):
+        layer.update(dict.fromkeys(names, depth))
+    first = graph.nodes[0].name
+    for name in dag.nodes:
+        if name != first and dag.in_degree(name) == 0 and dag.out_degree(name) > 0:
+            layer[name] = min(layer[successor] for successor in dag.successors(name)) - 1
+    positions = {}
+    for depth in sorted(set(layer.values())):
+        order = [node.name for node in graph.nodes if layer[node.name] == depth]
+        for row, name in enumerate(order):
+            positions[name] = (float(depth), (len(order) - 1) / 2.0 - row)
+    return positions
+
+
+def draw(graph: TrainingGraph, path: str | Path) -> Path:
+    """Render the graph to path (.svg or .png), atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in (".svg", ".png"):
+        raise VaelabError(f"--out must end in .svg or .png, got {path.name!r}")
+    positions = layout(graph)
+    width = max(x for x, _ in positions.values()) + 1
+    height = max(abs(y) for _, y in positions.values()) * 2 + 1
+    figure, axes = plt.subplots(figsize=(2.2 * width + 1, 1.3 * height + 1.2))
+    axes.set_xlim(-0.6, width - 0.4)
+    axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3)
+    texts = {}
+    for node in graph.nodes:
+        box, fill = STYLE[node.kind]
+        edge_colour = HIGHLIGHT if node.highlight else "#333333"
+        texts[node.name] = axes.text(
+            *positions[node.name], node.label, ha="center", va="center", fontsize=10, zorder=2,
+            fontweight="bold" if node.highlight else "normal", color="white" if node.highlight else "black",
+            bbox=dict(boxstyle=box, fc=HIGHLIGHT if node.highlight else fill, ec=edge_colour,
+                      lw=2.5 if node.highlight else 1.0, ls="--" if node.kind == "noise" else "-"))
+    figure.canvas.draw()  # lay the boxes out so arrows can start and end at their outlines
+    half_sizes = {name: _half_size(axes, text) for name, text in texts.items()}
+    for source, target in graph.edges:
+        start = _on_outline(positions[source], positions[target], half_sizes[source])
+        end = _on_outline(positions[target], positions[source], half_sizes[target])
+        bend = 0.0 if abs(positions[target][0] - positions[source][0]) <= 1 else -0.25  # long edges arc
+        axes.annotate("", xy=end, xytext=start, zorder=3,
+                      arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0, mutation_scale=14,
+                                      connectionstyle=f"arc3,rad={bend}"))
+    _legend(axes)
+    axes.set_title(graph.title, fontsize=12)
+    axes.axis("off")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lower()[1:], bbox_inches="tight", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _half_size(axes, text) -> tuple[float, float]:
+    """Half the width and height of a text's box, in data units."""
+    extent = text.get_bbox_patch().get_window_extent().transformed(axes.transData.inverted())
+    return extent.width / 2 + 0.02, extent.height / 2 + 0.02
+
+
+def _on_outline(centre, towards, half_size) -> tuple[float, float]:
+    """Where the straight line from centre towards another point leaves the box around centre."""
+    dx, dy = towards[0] - centre[0], towards[1] - centre[1]
+    scale = min(half_size[0] / abs(dx) if dx else float("inf"), half_size[1] / abs(dy) if dy else float("inf"))
+    return centre[0] + dx * scale, centre[1] + dy * scale
+
+
+def _legend(axes) -> None:
+    handles = [plt.Line2D([], [], marker="s", ls="", ms=10, mfc=fill, mec="#333333", label=kind)
+               for kind, (_, fill) in STYLE.items()]
+    handles.append(plt.Line2D([], [], marker="s", ls="", ms=10, mfc=HIGHLIGHT, mec=HIGHLIGHT,
+                              label="extra cost (VAE KL)"))
+    axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(handles),
+                fontsize=8, frameon=False)
