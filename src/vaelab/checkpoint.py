@@ -7,20 +7,20 @@ interrupted write never leaves a half-written file behind. Nothing is ever unpic
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors_to_bytes
 
 from vaelab import __version__
 from vaelab.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_write_bytes, atomic_write_json
 from vaelab.models.base import GenerativeModel
 from vaelab.registry import get_model_class
 
@@ -61,30 +61,9 @@ class RunConfig:
                    class_names=values.get("class_names"))
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(payload)
-        temp_path = handle.name
-    os.replace(temp_path, path)
-
-
-def atomic_write_json(path: Path, values: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(values, indent=2) + "\n").encode())
-
-
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp_path, metadata=metadata)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    payload = save_tensors_to_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, payload)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

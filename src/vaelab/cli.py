@@ -151,7 +151,8 @@ def cmd_reconstruct(args) -> int:
 # -- eval ----------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
-    from vaelab.checkpoint import atomic_write_json, load_run_config
+    from vaelab.checkpoint import load_run_config
+    from vaelab.files import atomic_write_json
     from vaelab.eval.metrics import EvalOptions, check_metrics, evaluate
     from vaelab.experiment import evaluation_split, load_data
 

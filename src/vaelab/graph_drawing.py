@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
-from vaelab.checkpoint import atomic_write_bytes  # noqa: E402
+from vaelab.files import atomic_write_bytes  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
 from vaelab.models.training_graph import TrainingGraph  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab.checkpoint import atomic_write_bytes
+from vaelab.files import atomic_write_bytes
 from vaelab.errors import VaelabError
 
 

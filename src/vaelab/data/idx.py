@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.errors import DataError
-from vaelab.data.files import atomic_writer
+from vaelab.files import atomic_writer
 
 # type code -> big-endian numpy dtype
 IDX_TYPES: dict[int, np.dtype] = {

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from vaelab.errors import DataError
-from vaelab.data.files import atomic_writer
+from vaelab.files import atomic_writer
 
 # role -> file name, the same for MNIST and Fashion-MNIST
 IDX_FILES: dict[str, str] = {

@@ -1,13 +1,14 @@
-"""Small file helpers shared by the data layer."""
+"""Writing files atomically: readers never see a half-written file."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 @contextlib.contextmanager
@@ -28,3 +29,14 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write payload to path atomically, creating the parent directory if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as handle:
+        handle.write(payload)
+
+
+def atomic_write_json(path: str | os.PathLike[str], values: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(values, indent=2) + "\n").encode())
