@@ -42,10 +42,11 @@ def main() -> int:
     out = Path(args.out)
     train_seconds = None
     if not args.skip_train:
-        command = [*vaelab, "train", "vae", "--config", str(CONFIG), "--out", str(out), "--save-every", "2000"]
+        command = [*vaelab, "train", "vae", "--out", str(out), "--save-every", "2000"]
+        # a resumed run keeps the config it was started with
+        command += ["--resume"] if args.resume else ["--config", str(CONFIG), "--overwrite"]
         if args.epochs:
             command += ["--epochs", str(args.epochs)]
-        command += ["--resume"] if args.resume else ["--overwrite"]
         train_seconds = run(command)
     eval_json = out / f"eval_L{args.k}.json"
     eval_seconds = run([*vaelab, "eval", str(out), "--checkpoint", "best", "--metrics", "elbo,iw",

@@ -112,17 +112,45 @@ def cmd_sample(args) -> int:
     from vaelab.images import save_images
 
     model = _load_model(args)
-    if args.n < 1:
-        raise VaelabError(f"-n must be at least 1, got {args.n}")
-    kwargs = {}
+    count = args.n if args.n is not None else (8 if args.chain else 64)
+    if count < 1:
+        raise VaelabError(f"-n must be at least 1, got {count}")
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.chain is not None:
+        return _sample_chain(model, args, count, generator)
+    nrow = args.nrow
     if args.label is not None:
         if not model.conditional:
             raise VaelabError(f"--label needs a class-conditional model; {args.run_dir} is unconditional")
-        kwargs["label"] = args.label
-    generator = torch.Generator().manual_seed(args.seed)
-    images = model.sample(args.n, generator=generator, **kwargs)
-    path = save_images(images, args.out or Path(args.run_dir) / "samples.png", nrow=args.nrow)
+        images = model.sample(count, generator=generator, label=args.label)
+    elif model.conditional:  # a grid of all classes: one row per class
+        per_class = max(1, count // model.num_classes)
+        images, nrow = model.class_grid(per_class, generator=generator), nrow or per_class
+    else:
+        images = model.sample(count, generator=generator)
+    path = save_images(images, args.out or Path(args.run_dir) / "samples.png", nrow=nrow)
     print(f"wrote {len(images)} samples to {path}")
+    return EXIT_OK
+
+
+def _sample_chain(model, args, num_chains: int, generator) -> int:
+    """--chain STEPS: consecutive states of `num_chains` Markov chains, one chain per row of the grid
+    (time runs left to right); a .npy holds them as (chains, steps, C, H, W)."""
+    from vaelab.images import save_images
+
+    if not hasattr(model, "sample_chain"):
+        raise VaelabError(f"--chain needs a model that samples with a Markov chain (e.g. gsn); "
+                          f"{args.run_dir} holds a {type(model).__name__}")
+    if args.chain < 1:
+        raise VaelabError(f"--chain must be at least 1, got {args.chain}")
+    if args.label is not None:
+        raise VaelabError("--chain does not take --label")
+    states = model.sample_chain(num_chains, args.chain, generator=generator)  # (steps, n, C, H, W)
+    chains = states.transpose(0, 1)  # (n, steps, C, H, W)
+    path = Path(args.out or Path(args.run_dir) / "chain.png")
+    grid = chains if path.suffix.lower() == ".npy" else chains.flatten(0, 1)
+    save_images(grid, path, nrow=args.chain)
+    print(f"wrote {num_chains} chains of {args.chain} consecutive states to {path}")
     return EXIT_OK
 
 
@@ -139,7 +167,12 @@ def cmd_reconstruct(args) -> int:
     run_config = load_run_config(args.run_dir)
     split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
     originals = split.images[: args.n]
-    reconstructions = model.reconstruct(originals)
+    condition = {}
+    if model.conditional:  # a class-conditional model encodes and decodes with each image's label
+        if split.labels is None:
+            raise VaelabError(f"{type(model).__name__} reconstructs with labels, and this data has none")
+        condition["y"] = split.labels[: args.n]
+    reconstructions = model.reconstruct(originals, **condition)
     nrow = args.nrow
     # Alternate rows: originals, then their reconstructions beneath them.
     rows = [torch.cat([originals[i:i + nrow], reconstructions[i:i + nrow]]) for i in range(0, len(originals), nrow)]
@@ -246,10 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="draw samples from a trained model")
     _add_run_arguments(sample)
-    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("-n", type=int, help="number of samples (default 64); with --chain, of chains (default 8)")
     sample.add_argument("--label", type=int, help="class to draw (conditional models)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--nrow", type=int, help="images per row of the PNG grid")
+    sample.add_argument("--chain", type=int, metavar="STEPS",
+                        help="save STEPS consecutive states of each Markov chain (gsn): rows = chains, "
+                             "columns = time; default RUN_DIR/chain.png")
     sample.add_argument("--out", help="FILE.png (a grid) or FILE.npy (an array); default RUN_DIR/samples.png")
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct evaluation images")

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,8 +180,12 @@ class Trainer:
         batch = batch.to(self.device)
         terms = self.model.train_step(batch, self.optimizers, p.step, grad_clip=self.cfg.grad_clip,
                                       autocast=self._autocast)
-        for scheduler in self.schedulers:
-            scheduler.step()
+        with warnings.catch_warnings():
+            # Schedules follow the trainer's step. An optimizer that skips steps (a GAN's generator
+            # with d_steps > 1) keeps the same schedule; PyTorch would warn about that ordering.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for scheduler in self.schedulers:
+                scheduler.step()
         p.step += 1
         values = {name: float(value) for name, value in terms.items()}
         if not math.isfinite(values["loss"]):

@@ -20,6 +20,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
 }
 
 

@@ -127,12 +127,16 @@ class VAE(GenerativeModel):
             return self.config.beta
         return self.config.beta * min(1.0, step / warmup)
 
+    def condition(self, batch: Batch) -> dict[str, Tensor]:
+        """Extra inputs every density of this model takes (a CVAE's label); none for the VAE."""
+        return {}
+
     def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
-        x = batch.x
+        x, condition = batch.x, self.condition(batch)
         if self.config.objective == "iwae":
-            bound = self.iw_bound(x, self.config.k)
+            bound = self.iw_bound(x, self.config.k, **condition)
             return {"loss": -bound.mean(), "iw_bound": bound.mean()}
-        terms = self.elbo_terms(x, self.config.mc_samples)
+        terms = self.elbo_terms(x, self.config.mc_samples, **condition)
         weight = self.kl_weight(step)
         reconstruction, kl = terms["reconstruction"].mean(), terms["kl"].mean()
         return {"loss": weight * kl - reconstruction, "reconstruction": -reconstruction, "kl": kl,
