@@ -29,6 +29,7 @@ STYLE = {  # kind -> (box style, fill colour)
     "output": ("round4,pad=0.4", "#e5d8ef"),
 }
 HIGHLIGHT = "#e34a33"
+ARC_BULGE = 0.45  # how far (in rows) an edge that skips layers bends away from the straight line
 
 
 def layout(graph: TrainingGraph) -> dict[str, tuple[float, float]]:
@@ -65,9 +66,9 @@ def draw(graph: TrainingGraph, path: str | Path) -> Path:
     positions = layout(graph)
     width = max(x for x, _ in positions.values()) + 1
     height = max(abs(y) for _, y in positions.values()) * 2 + 1
-    figure, axes = plt.subplots(figsize=(2.2 * width + 1, 1.3 * height + 1.2))
+    figure, axes = plt.subplots(figsize=(2.2 * width + 1, 1.3 * (height + ARC_BULGE) + 1.2))
     axes.set_xlim(-0.6, width - 0.4)
-    axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3)
+    axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3 + ARC_BULGE)
     texts = {}
     for node in graph.nodes:
         box, fill = STYLE[node.kind]
@@ -82,8 +83,11 @@ def draw(graph: TrainingGraph, path: str | Path) -> Path:
     for source, target in graph.edges:
         start = _on_outline(positions[source], positions[target], half_sizes[source])
         end = _on_outline(positions[target], positions[source], half_sizes[target])
-        bend = 0.0 if abs(positions[target][0] - positions[source][0]) <= 1 else -0.25  # long edges arc
-        axes.annotate("", xy=end, xytext=start, zorder=3,
+        span = abs(positions[target][0] - positions[source][0])
+        # Edges that skip layers arc over them, about ARC_BULGE above the straight line, and pass
+        # beneath the boxes they cross.
+        bend = 0.0 if span <= 1 else -2 * ARC_BULGE / span
+        axes.annotate("", xy=end, xytext=start, zorder=3 if span <= 1 else 1,
                       arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0, mutation_scale=14,
                                       connectionstyle=f"arc3,rad={bend}"))
     _legend(axes)

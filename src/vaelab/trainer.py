@@ -13,6 +13,7 @@ import contextlib
 import copy
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -183,7 +184,7 @@ class Trainer:
         with warnings.catch_warnings():
             # Schedules follow the trainer's step. An optimizer that skips steps (a GAN's generator
             # with d_steps > 1) keeps the same schedule; PyTorch would warn about that ordering.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for scheduler in self.schedulers:
                 scheduler.step()
         p.step += 1

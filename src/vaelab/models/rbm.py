@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
+from vaelab.models.training_graph import Node, TrainingGraph
 
 MAX_ENUMERATED_UNITS = 24  # log_partition_exact sums over 2^n states of the smaller layer
 
@@ -260,6 +261,22 @@ class RBM(GenerativeModel):
         thin-th sweep (the config's): (steps, num_chains, C, H, W), for `vaelab sample --chain`."""
         v = self.initial_visible(num_chains, generator)  # (n, D)
         return self.gibbs_chain(v, steps * self.config.thin, generator, mean=mean)
+
+    @classmethod
+    def training_graph(cls, config: RBMConfig | None = None) -> TrainingGraph:
+        """Contrastive divergence: the data's free energy against that of Gibbs samples; the
+        reconstruction error is only monitored."""
+        config = config or cls.config_class()
+        chain = f"PCD-{config.cd_k}: persistent\nGibbs chains" if config.persistent else f"CD-{config.cd_k}: Gibbs\nchain from v"
+        # Nodes are declared top-down within each layer of the drawing.
+        nodes = (Node("v", "v (data)", "input"), Node("rbm", "RBM\nE(v,h) = -b.v - c.h - v'Wh", "network"),
+                 Node("h", "h ~ p(h|v)", "sampled"), Node("gibbs", chain, "noise"),
+                 Node("v_model", "v~ (model sample)", "sampled"),
+                 Node("cd", "F(v) - F(v~)\n(CD gradient)", "cost"),
+                 Node("reconstruction", "reconstruction error\n(monitored only)", "output"))
+        edges = (("v", "rbm"), ("rbm", "h"), ("h", "gibbs"), ("gibbs", "v_model"), ("v_model", "cd"),
+                 ("v", "cd"), ("h", "reconstruction"), ("v", "reconstruction"))
+        return TrainingGraph(f"{cls.__name__} ({config.num_hidden} hidden)", nodes, edges)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
