@@ -185,21 +185,21 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_eval(args) -> int:
     from vaelab.checkpoint import load_run_config
+    from vaelab.eval.metrics import EvalContext, EvalOptions, check_metrics, evaluate
+    from vaelab.experiment import load_data
     from vaelab.files import atomic_write_json
-    from vaelab.eval.metrics import EvalOptions, check_metrics, evaluate
-    from vaelab.experiment import evaluation_split, load_data
 
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     if args.k < 1:
         raise VaelabError(f"--k must be at least 1, got {args.k}")
+    if args.limit is not None and args.limit < 1:
+        raise VaelabError(f"--limit must be at least 1, got {args.limit}")
     model = _load_model(args)
     check_metrics(names, model)  # before loading data: a bad metric name fails fast
     run_config = load_run_config(args.run_dir)
-    split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
-    if args.limit:
-        split = split.subset(slice(0, args.limit))
-    options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty())
-    results = {name: estimate.to_dict() for name, estimate in evaluate(model, split, names, options).items()}
+    options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit)
+    ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
+    results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
     for result in results.values():
         result["settings"].update(split=args.split, checkpoint=args.checkpoint)
     _print_table(results, args)

@@ -1,16 +1,20 @@
-"""The metrics `vaelab eval --metrics` can select: name -> (estimator, the model method it needs).
+"""The metrics `vaelab eval --metrics` can select: name -> Metric(estimator, applicability, description).
 
-Each estimator takes (model, split, options) and returns {result name: Estimate}.
+Each estimator takes an EvalContext (the model, its data and the options) and returns
+{result name: Estimate}. A metric that does not apply to a model says so in one line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
-from vaelab.data.datasets import Split
+from vaelab.checkpoint import RunConfig
+from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
 from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
+from vaelab.experiment import evaluation_split
 
 
 @dataclass
@@ -18,27 +22,53 @@ class EvalOptions:
     k: int = 5000  # importance samples for L_k
     seed: int = 0
     progress: bool = False
+    limit: int | None = None  # score only the first N images of the split
+
+
+@dataclass
+class EvalContext:
+    """What an estimator may use: the model, the run's data and the options."""
+
+    model: object
+    run_config: RunConfig
+    dataset: ImageDataset
+    split_name: str = "test"
+    options: EvalOptions = field(default_factory=EvalOptions)
+
+    def view(self, name: str) -> Split:
+        """The deterministic evaluation view of the train, val or test split (limited by options.limit)."""
+        split = evaluation_split(self.dataset, self.run_config.data, name)
+        return split.subset(slice(0, self.options.limit)) if self.options.limit else split
+
+    @cached_property
+    def split(self) -> Split:
+        """The split being scored."""
+        return self.view(self.split_name)
 
 
 @dataclass(frozen=True)
 class Metric:
-    estimate: Callable[..., dict[str, Estimate]]
-    requires: str  # a model method the estimator calls
+    estimate: Callable[[EvalContext], dict[str, Estimate]]
+    applies: Callable[[object], bool]  # whether the metric can score this model
     description: str
 
 
-def _elbo(model, split: Split, options: EvalOptions) -> dict[str, Estimate]:
-    return elbo(model, split, seed=options.seed, progress=options.progress)
+def _has(method: str) -> Callable[[object], bool]:
+    return lambda model: callable(getattr(model, method, None))
 
 
-def _iw(model, split: Split, options: EvalOptions) -> dict[str, Estimate]:
-    return {"iw_bound": importance_weighted_bound(model, split, k=options.k, seed=options.seed,
-                                                  progress=options.progress)}
+def _elbo(ctx: EvalContext) -> dict[str, Estimate]:
+    return elbo(ctx.model, ctx.split, seed=ctx.options.seed, progress=ctx.options.progress)
+
+
+def _iw(ctx: EvalContext) -> dict[str, Estimate]:
+    o = ctx.options
+    return {"iw_bound": importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress)}
 
 
 METRICS: dict[str, Metric] = {
-    "elbo": Metric(_elbo, "elbo_terms", "evidence lower bound, with its reconstruction and KL terms"),
-    "iw": Metric(_iw, "log_weights", "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
+    "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
+    "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
 }
 
 
@@ -49,13 +79,13 @@ def check_metrics(names: list[str], model) -> None:
     for name in names:
         if name not in METRICS:
             raise VaelabError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
-        if not hasattr(model, METRICS[name].requires):
+        if not METRICS[name].applies(model):
             raise VaelabError(f"metric {name!r} does not apply to a {type(model).__name__}")
 
 
-def evaluate(model, split: Split, names: list[str], options: EvalOptions) -> dict[str, Estimate]:
-    check_metrics(names, model)
+def evaluate(ctx: EvalContext, names: list[str]) -> dict[str, Estimate]:
+    check_metrics(names, ctx.model)
     results: dict[str, Estimate] = {}
     for name in names:
-        results.update(METRICS[name].estimate(model, split, options))
+        results.update(METRICS[name].estimate(ctx))
     return results
