@@ -197,7 +197,10 @@ def cmd_eval(args) -> int:
     model = _load_model(args)
     check_metrics(names, model)  # before loading data: a bad metric name fails fast
     run_config = load_run_config(args.run_dir)
-    options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit)
+    if args.samples < 2:
+        raise VaelabError(f"--samples must be at least 2, got {args.samples}")
+    options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit,
+                          num_samples=args.samples)
     ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
     results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
     for result in results.values():
@@ -212,7 +215,10 @@ def _print_table(results: dict, args) -> None:
     print(f"{args.run_dir} ({args.split} split, {args.checkpoint} weights)")
     print(f"{'metric':<26}{'value':>12}{'stderr':>10}")
     for name, result in results.items():
-        print(f"{name:<26}{result['value']:>12.3f}{result['stderr']:>10.3f}")
+        if isinstance(result["value"], list):  # per-dimension results: the JSON holds them
+            print(f"{name:<26}{len(result['value']):>8} values (see --json)")
+        else:
+            print(f"{name:<26}{result['value']:>12.3f}{result['stderr']:>10.3f}")
     if "iw_bound" in results:
         print(f"{'nll (= -iw_bound)':<26}{-results['iw_bound']['value']:>12.3f}{results['iw_bound']['stderr']:>10.3f}")
 
@@ -299,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(evaluate)
     evaluate.add_argument("--metrics", default="elbo,iw", help=f"comma-separated, from: {', '.join(METRICS)}")
     evaluate.add_argument("--k", type=int, default=5000, help="importance samples for the iw bound (default 5000)")
+    evaluate.add_argument("--samples", type=int, default=10000,
+                          help="model samples for the sample-based metrics (default 10000)")
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--seed", type=int, default=0)

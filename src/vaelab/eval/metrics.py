@@ -13,7 +13,10 @@ from functools import cached_property
 from vaelab.checkpoint import RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
+from vaelab.eval.latent import latent_diagnostics
 from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
+from vaelab.eval.parzen import parzen_estimate
+from vaelab.eval.reconstruction import reconstruction_error
 from vaelab.experiment import evaluation_split
 
 
@@ -23,6 +26,7 @@ class EvalOptions:
     seed: int = 0
     progress: bool = False
     limit: int | None = None  # score only the first N images of the split
+    num_samples: int = 10000  # model samples for the sample-based metrics (Parzen, Frechet distance, ...)
 
 
 @dataclass
@@ -66,9 +70,27 @@ def _iw(ctx: EvalContext) -> dict[str, Estimate]:
     return {"iw_bound": importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress)}
 
 
+def _parzen(ctx: EvalContext) -> dict[str, Estimate]:
+    o = ctx.options
+    return {"parzen": parzen_estimate(ctx.model, ctx.view("val"), ctx.split, num_samples=o.num_samples,
+                                      seed=o.seed, progress=o.progress)}
+
+
+def _reconstruction(ctx: EvalContext) -> dict[str, Estimate]:
+    return reconstruction_error(ctx.model, ctx.split, seed=ctx.options.seed, progress=ctx.options.progress)
+
+
+def _latent(ctx: EvalContext) -> dict[str, Estimate]:
+    return latent_diagnostics(ctx.model, ctx.split, seed=ctx.options.seed, progress=ctx.options.progress)
+
+
 METRICS: dict[str, Metric] = {
     "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
     "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
+    "parzen": Metric(_parzen, _has("sample"), "Gaussian Parzen-window log-likelihood of model samples, sigma "
+                     "chosen on the validation split (Goodfellow et al. 2014); biased"),
+    "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),
+    "latent": Metric(_latent, _has("elbo_terms"), "KL per latent dimension and active units (Burda et al. 2015)"),
 }
 
 
