@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import torch
+
 from vaelab.checkpoint import RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
 from vaelab.eval.latent import latent_diagnostics
 from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
 from vaelab.eval.parzen import parzen_estimate
+from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.eval.reconstruction import reconstruction_error
 from vaelab.experiment import evaluation_split
 
@@ -27,6 +30,8 @@ class EvalOptions:
     progress: bool = False
     limit: int | None = None  # score only the first N images of the split
     num_samples: int = 10000  # model samples for the sample-based metrics (Parzen, Frechet distance, ...)
+    ais_runs: int | None = None  # AIS chains (None: each estimator's published default)
+    ais_steps: int | None = None  # AIS intermediate distributions (None: the published default)
 
 
 @dataclass
@@ -84,9 +89,20 @@ def _latent(ctx: EvalContext) -> dict[str, Estimate]:
     return latent_diagnostics(ctx.model, ctx.split, seed=ctx.options.seed, progress=ctx.options.progress)
 
 
+def _rbm_ais(ctx: EvalContext) -> dict[str, Estimate]:
+    """log Z by AIS from the base-rate RBM fitted to the training split, then the split's mean log p(v)."""
+    o, model = ctx.options, ctx.model
+    base = base_rate_visible_bias(ctx.view("train"))
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(o.seed)
+    log_z = rbm_log_partition_ais(model, base, o.ais_runs or 100, o.ais_steps or 14500, generator, o.progress)
+    return {"rbm_log_z": log_z, "rbm_log_likelihood": rbm_log_likelihood(model, ctx.split, log_z)}
+
+
 METRICS: dict[str, Metric] = {
     "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
     "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
+    "rbm_ais": Metric(_rbm_ais, _has("free_energy"), "RBM test log-likelihood with log Z by annealed "
+                      "importance sampling (Salakhutdinov & Murray 2008)"),
     "parzen": Metric(_parzen, _has("sample"), "Gaussian Parzen-window log-likelihood of model samples, sigma "
                      "chosen on the validation split (Goodfellow et al. 2014); biased"),
     "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),

@@ -1,0 +1,206 @@
+"""AIS for the RBM partition function against exact enumeration (Salakhutdinov & Murray 2008)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vaelab.data.datasets import Split
+from vaelab.errors import VaelabError
+from vaelab.eval.likelihood import Estimate
+from vaelab.eval.rbm_ais import (
+    ais_log_weights,
+    ais_schedule,
+    base_log_partition,
+    base_rate_visible_bias,
+    rbm_log_likelihood,
+    rbm_log_partition_ais,
+    softplus_difference,
+)
+from vaelab.models.rbm import RBM, RBMConfig, binary_states
+
+
+def make_rbm(num_visible: int, num_hidden: int, weight_std: float, seed: int, bias_std: float = 0.5) -> RBM:
+    torch.manual_seed(seed)
+    rbm = RBM(RBMConfig(num_hidden=num_hidden, init_std=weight_std), (1, 1, num_visible))
+    with torch.no_grad():
+        rbm.visible_bias.normal_(0.0, bias_std)
+        rbm.hidden_bias.normal_(0.0, bias_std)
+    return rbm
+
+
+def exact_visible_marginals(rbm: RBM) -> torch.Tensor:
+    """p(v_i = 1) by enumerating the hidden layer: sum_h p(h) sigmoid(b + W h)."""
+    weight, b, c = rbm.weight.detach().double(), rbm.visible_bias.detach().double(), rbm.hidden_bias.detach().double()
+    h = binary_states(rbm.config.num_hidden)  # (2^H, H)
+    visible_input = h @ weight.t() + b  # (2^H, D)
+    log_p_h = torch.log_softmax(h @ c + F.softplus(visible_input).sum(-1), 0)  # (2^H,)
+    return (log_p_h.exp()[:, None] * torch.sigmoid(visible_input)).sum(0)
+
+
+def exact_log_prob(rbm: RBM, v: torch.Tensor) -> torch.Tensor:
+    """log p(v) = log sum_h exp(-E(v, h)) - log Z from the energy, by enumerating h (not via F)."""
+    h = binary_states(rbm.config.num_hidden, dtype=torch.float32)  # (S, H)
+    n, s = len(v), len(h)
+    energies = rbm.energy(v.repeat_interleave(s, 0), h.repeat(n, 1)).double().view(n, s)
+    return torch.logsumexp(-energies, 1) - rbm.log_partition_exact()
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- the schedule, the base model and the weight increments ------------------------------------
+
+def test_default_schedule_is_the_papers():
+    betas = ais_schedule()
+    assert len(betas) == 14501 and betas[0] == 0 and betas[-1] == 1
+    assert betas[500].item() == pytest.approx(0.5) and betas[4500].item() == pytest.approx(0.9)
+    steps = betas.diff()
+    for segment, size in ((slice(0, 500), 1e-3), (slice(500, 4500), 1e-4), (slice(4500, 14500), 1e-5)):
+        assert torch.allclose(steps[segment], torch.full_like(steps[segment], size), rtol=1e-6)
+    scaled = ais_schedule(1450)  # a tenth of the steps: 50, 400, 1000
+    assert len(scaled) == 1451 and scaled[50].item() == pytest.approx(0.5) and scaled[450].item() == pytest.approx(0.9)
+    assert torch.equal(ais_schedule(2), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    for num_steps in (1, 3, 7, 100):
+        assert bool((ais_schedule(num_steps).diff() > 0).all()) and len(ais_schedule(num_steps)) == num_steps + 1
+    with pytest.raises(VaelabError):
+        ais_schedule(0)
+
+
+def test_base_log_partition_is_the_enumeration_of_the_base_rbm():
+    base_bias = torch.randn(10, generator=generator(0)) * 2
+    base = RBM(RBMConfig(num_hidden=8), (1, 1, 10))
+    with torch.no_grad():
+        base.weight.zero_()
+        base.visible_bias.copy_(base_bias)
+        base.hidden_bias.zero_()
+    assert base_log_partition(base_bias, 8) == pytest.approx(base.log_partition_exact().item(), abs=1e-9)
+    rbm = make_rbm(10, 8, 0.5, seed=1)
+    estimate = rbm_log_partition_ais(rbm, base_bias, num_runs=3, num_steps=5)
+    assert estimate.settings["log_z_base"] == pytest.approx(base.log_partition_exact().item(), abs=1e-9)
+
+
+def test_base_rate_bias_is_the_clamped_log_odds_of_the_pixel_means():
+    images = torch.zeros(4, 1, 2, 2)
+    images[:2, 0, 0, 0] = 1  # mean 1/2
+    images[:, 0, 0, 1] = 1  # always on -> 1 - eps
+    images[0, 0, 1, 0] = 0.4  # a grey value: mean 0.1
+    bias = base_rate_visible_bias(Split(images), eps=1e-3)
+    expected = torch.logit(torch.tensor([0.5, 1 - 1e-3, 0.1, 1e-3], dtype=torch.float64)).float()
+    assert torch.allclose(bias, expected, atol=1e-5)
+
+
+def test_softplus_difference_matches_float64_without_cancellation():
+    x = torch.randn(200, 50, generator=generator(0)) * 30  # float32 activations, |x| up to ~150
+    for beta, previous in ((1e-3, 0.0), (0.5, 0.4999), (1.0, 0.99999), (0.5, 0.0), (1.0, 0.0), (1.0, 0.5)):
+        x64 = x.double()
+        exact = F.softplus(beta * x64) - F.softplus(previous * x64)
+        got = softplus_difference(x, beta, previous).double()
+        assert torch.allclose(got, exact, rtol=1e-5, atol=1e-9), (beta, previous, (got - exact).abs().max())
+
+
+# -- AIS against exact partition functions -----------------------------------------------------
+
+def test_ais_is_exact_when_the_target_is_the_base_model():
+    """Zero weights and visible biases b_A: every p_k is p_A, so every weight is Z_B / Z_A exactly."""
+    rbm = make_rbm(12, 6, 0.0, seed=2)
+    estimate = rbm_log_partition_ais(rbm, rbm.visible_bias.detach().clone(), num_runs=20, num_steps=50)
+    assert estimate.value == pytest.approx(rbm.log_partition_exact().item(), abs=1e-5)
+    assert estimate.stderr < 1e-6 and estimate.settings["effective_sample_size"] == pytest.approx(20)
+
+
+@pytest.mark.parametrize("num_visible, num_hidden, weight_std, base", [
+    (10, 8, 0.5, "uniform"), (10, 8, 0.5, "base-rate"),
+    (12, 16, 1.0, "uniform"), (12, 16, 1.0, "base-rate"),
+    (64, 10, 0.3, "base-rate"),
+])
+def test_ais_log_z_matches_enumeration(num_visible, num_hidden, weight_std, base):
+    rbm = make_rbm(num_visible, num_hidden, weight_std, seed=num_visible + num_hidden)
+    exact = rbm.log_partition_exact().item()
+    base_bias = torch.logit(exact_visible_marginals(rbm).clamp(1e-3, 1 - 1e-3)).float() if base == "base-rate" else None
+    estimate = rbm_log_partition_ais(rbm, base_bias, num_runs=100, num_steps=2000, generator=generator(3))
+    assert abs(estimate.value - exact) < 0.1, (estimate.value, exact, estimate.stderr)
+    assert estimate.stderr < 0.05
+    assert abs(estimate.value - exact) < 5 * estimate.stderr + 0.01  # and within its own error bars
+
+
+@pytest.mark.parametrize("betas", [[0.0, 1.0], [0.0, 0.5, 1.0]])
+@pytest.mark.parametrize("base", ["uniform", "random"])
+def test_few_step_ais_weights_are_unbiased_for_z(betas, base):
+    """E[w] = Z_B / Z_A for any schedule (Neal 2001): with one or two steps the weights are far from
+    constant, so the mean over many runs checks the weights and the Gibbs transition at beta=0.5."""
+    rbm = make_rbm(10, 8, 0.6, seed=4)
+    base_bias = torch.zeros(10) if base == "uniform" else torch.randn(10, generator=generator(5))
+    log_ratio = rbm.log_partition_exact().item() - base_log_partition(base_bias, 8)
+    w = torch.exp(ais_log_weights(rbm, base_bias, betas, 40000, generator(6)) - log_ratio)  # E[w] = 1
+    stderr = w.std().item() / math.sqrt(len(w))
+    assert w.std().item() > 0.3, "the test needs weights that vary"
+    assert abs(w.mean().item() - 1) < 4 * stderr, (w.mean().item(), stderr)
+
+
+def test_stderr_shrinks_with_runs_and_matches_the_spread_over_seeds():
+    rbm = make_rbm(12, 16, 1.0, seed=7)
+    exact = rbm.log_partition_exact().item()
+    few = rbm_log_partition_ais(rbm, num_runs=25, num_steps=100, generator=generator(0))
+    many = rbm_log_partition_ais(rbm, num_runs=400, num_steps=100, generator=generator(1))
+    assert 2 < few.stderr / many.stderr < 8  # sqrt(400 / 25) = 4
+    assert abs(many.value - exact) < 4 * many.stderr + 0.01
+    repeats = [rbm_log_partition_ais(rbm, num_runs=25, num_steps=100, generator=generator(10 + s)) for s in range(30)]
+    spread = torch.tensor([r.value for r in repeats]).std().item()
+    mean_stderr = sum(r.stderr for r in repeats) / len(repeats)
+    assert 0.5 < spread / mean_stderr < 2, (spread, mean_stderr)
+
+
+def test_estimate_settings_and_seeding():
+    rbm = make_rbm(10, 8, 0.5, seed=8)
+    a = rbm_log_partition_ais(rbm, num_runs=30, num_steps=30, generator=generator(11))
+    b = rbm_log_partition_ais(rbm, num_runs=30, num_steps=30, generator=generator(11))
+    assert a.value == b.value and a.stderr == b.stderr
+    assert rbm_log_partition_ais(rbm, num_runs=30, num_steps=30, generator=generator(12)).value != a.value
+    s = a.settings
+    assert s["num_runs"] == 30 and s["num_steps"] == 30 and s["seed"] == 11
+    assert "0.5->0.9" in s["schedule"] and s["log_z_base"] == pytest.approx(18 * math.log(2))
+    assert 1 <= s["effective_sample_size"] <= 30
+    low, high = s["log_z_3sd_interval"]
+    assert low < a.value < high
+    assert rbm_log_partition_ais(rbm, num_runs=5, betas=[0.0, 0.2, 1.0]).settings["num_steps"] == 2
+    with pytest.raises(VaelabError):
+        rbm_log_partition_ais(rbm, num_runs=5, betas=[0.1, 1.0])
+    with pytest.raises(VaelabError):
+        rbm_log_partition_ais(rbm, torch.zeros(9), num_runs=5, num_steps=5)
+
+
+# -- the log-likelihood ------------------------------------------------------------------------
+
+def test_log_likelihood_with_the_exact_log_z_is_exact():
+    rbm = make_rbm(10, 8, 1.0, seed=9)
+    v = binary_states(10, dtype=torch.float32)[torch.randperm(1024, generator=generator(0))[:300]]
+    split = Split(v.view(300, 1, 1, 10))
+    per_example = exact_log_prob(rbm, v)
+    exact = Estimate(rbm.log_partition_exact().item(), 0.0)
+    estimate = rbm_log_likelihood(rbm, split, exact, batch_size=64)  # five batches, the last partial
+    assert estimate.value == pytest.approx(per_example.mean().item(), abs=1e-4)
+    over_examples = per_example.std().item() / math.sqrt(300)
+    assert estimate.stderr == pytest.approx(over_examples, rel=1e-4)
+    assert estimate.settings["binary"] and estimate.settings["examples"] == 300
+    # log Z's error adds in quadrature and shifts nothing but the value.
+    shifted = rbm_log_likelihood(rbm, split, Estimate(exact.value + 0.5, 0.2))
+    assert shifted.value == pytest.approx(estimate.value - 0.5, abs=1e-6)
+    assert shifted.stderr == pytest.approx(math.hypot(over_examples, 0.2), rel=1e-4)
+    assert shifted.settings["log_z"] == exact.value + 0.5 and shifted.settings["log_z_stderr"] == 0.2
+    # Grey values are used as probabilities in F(v) and flagged as such.
+    grey = rbm_log_likelihood(rbm, Split(torch.full((3, 1, 1, 10), 0.3)), exact)
+    assert not grey.settings["binary"]
+    assert grey.value == pytest.approx(-rbm.free_energy(torch.full((1, 10), 0.3)).item() - exact.value, abs=1e-4)
+
+
+def test_log_likelihood_with_ais_log_z_matches_exact():
+    rbm = make_rbm(12, 10, 1.0, seed=10)
+    v = binary_states(12, dtype=torch.float32)[torch.randperm(4096, generator=generator(1))[:200]]
+    exact = exact_log_prob(rbm, v).mean().item()
+    log_z = rbm_log_partition_ais(rbm, num_runs=100, num_steps=2000, generator=generator(2))
+    estimate = rbm_log_likelihood(rbm, Split(v.view(200, 1, 1, 12)), log_z)
+    assert abs(estimate.value - exact) < 0.1
+    assert estimate.settings["log_z_settings"]["num_runs"] == 100
