@@ -199,11 +199,12 @@ def cmd_eval(args) -> int:
     run_config = load_run_config(args.run_dir)
     if args.samples < 2:
         raise VaelabError(f"--samples must be at least 2, got {args.samples}")
-    for flag, value in (("--ais-runs", args.ais_runs), ("--ais-steps", args.ais_steps)):
-        if value is not None and value < 1:
-            raise VaelabError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--ais-runs", args.ais_runs), ("--ais-steps", args.ais_steps), ("--sigma", args.sigma)):
+        if value is not None and value <= 0:
+            raise VaelabError(f"{flag} must be positive, got {value}")
     options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit,
-                          num_samples=args.samples, ais_runs=args.ais_runs, ais_steps=args.ais_steps)
+                          num_samples=args.samples, ais_runs=args.ais_runs, ais_steps=args.ais_steps,
+                          sigma=args.sigma)
     ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
     results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
     for result in results.values():
@@ -313,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ais-runs", type=int, help="AIS chains (default: RBM 100, decoder 16 per image)")
     evaluate.add_argument("--ais-steps", type=int,
                           help="AIS intermediate distributions (default: RBM 14500, decoder 1000)")
+    evaluate.add_argument("--sigma", type=float, help="decoder AIS: std of the Gaussian observation model of a GAN "
+                          "or an MSE autoencoder (default: chosen on the validation split)")
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--seed", type=int, default=0)

@@ -15,12 +15,16 @@ import torch
 from vaelab.checkpoint import RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
+from vaelab.eval.decoder_ais import choose_sigma, decoder_ais
 from vaelab.eval.latent import latent_diagnostics
 from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
 from vaelab.eval.parzen import parzen_estimate
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.eval.reconstruction import reconstruction_error
 from vaelab.experiment import evaluation_split
+from vaelab.models.ae import AE
+from vaelab.models.gan import GAN
+from vaelab.models.vae import VAE
 
 
 @dataclass
@@ -32,6 +36,7 @@ class EvalOptions:
     num_samples: int = 10000  # model samples for the sample-based metrics (Parzen, Frechet distance, ...)
     ais_runs: int | None = None  # AIS chains (None: each estimator's published default)
     ais_steps: int | None = None  # AIS intermediate distributions (None: the published default)
+    sigma: float | None = None  # decoder AIS: std of a Gaussian observation model (GAN, AE with cost=mse)
 
 
 @dataclass
@@ -98,11 +103,31 @@ def _rbm_ais(ctx: EvalContext) -> dict[str, Estimate]:
     return {"rbm_log_z": log_z, "rbm_log_likelihood": rbm_log_likelihood(model, ctx.split, log_z)}
 
 
+def _needs_sigma(model) -> bool:
+    """A Gaussian observation model the network does not define itself: a GAN's, an MSE autoencoder's."""
+    return isinstance(model, GAN) or (isinstance(model, AE) and model.config.cost == "mse")
+
+
+def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
+    """AIS over the latent with HMC (Wu et al. 2017). A GAN's or MSE autoencoder's observation noise
+    sigma is --sigma, or else chosen on the validation split as Wu et al. did."""
+    o, model = ctx.options, ctx.model
+    sigma, results = o.sigma, {}
+    if sigma is None and _needs_sigma(model):
+        sigma, _ = choose_sigma(model, ctx.view("val"), seed=o.seed)
+    results["decoder_ais"] = decoder_ais(model, ctx.split, num_steps=o.ais_steps or 1000,
+                                         num_chains=o.ais_runs or 16, sigma=sigma, seed=o.seed, progress=o.progress)
+    return results
+
+
 METRICS: dict[str, Metric] = {
     "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
     "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
     "rbm_ais": Metric(_rbm_ais, _has("free_energy"), "RBM test log-likelihood with log Z by annealed "
                       "importance sampling (Salakhutdinov & Murray 2008)"),
+    "decoder_ais": Metric(_decoder_ais, lambda model: isinstance(model, (VAE, AE, GAN)),
+                          "log-likelihood by AIS over the latent with HMC (Wu et al. 2017), observation model "
+                          "in the settings"),
     "parzen": Metric(_parzen, _has("sample"), "Gaussian Parzen-window log-likelihood of model samples, sigma "
                      "chosen on the validation split (Goodfellow et al. 2014); biased"),
     "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),
