@@ -33,13 +33,17 @@ def training_splits(dataset: ImageDataset, data: DataConfig) -> tuple[Split, Spl
     return train, fixed_view(val, data.pixel_model, dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET["val"])
 
 
+def raw_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
+    """The train, val or test split as the data set holds it (continuous pixels, no pixel model)."""
+    if split == "test":
+        return dataset.test
+    if split in ("train", "val"):
+        train, val = holdout_validation(dataset.train, _validation_size(data), seed=data.split_seed)
+        return train if split == "train" else val
+    raise DataError(f"split must be train, val or test, got {split!r}")
+
+
 def evaluation_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
     """The deterministic view of `split` (train, val or test) that evaluation scores."""
-    if split == "test":
-        images = dataset.test
-    elif split in ("train", "val"):
-        train, val = holdout_validation(dataset.train, _validation_size(data), seed=data.split_seed)
-        images = train if split == "train" else val
-    else:
-        raise DataError(f"split must be train, val or test, got {split!r}")
-    return fixed_view(images, data.pixel_model, dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET[split])
+    return fixed_view(raw_split(dataset, data, split), data.pixel_model, dataset.levels,
+                      seed=data.split_seed + _EVAL_SEED_OFFSET[split])

@@ -15,13 +15,15 @@ import torch
 from vaelab.checkpoint import RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
+from vaelab.eval.classifier import load_or_train_classifier
 from vaelab.eval.decoder_ais import choose_sigma, decoder_ais
 from vaelab.eval.latent import latent_diagnostics
 from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
 from vaelab.eval.parzen import parzen_estimate
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.eval.reconstruction import reconstruction_error
-from vaelab.experiment import evaluation_split
+from vaelab.eval.sample_quality import sample_quality
+from vaelab.experiment import evaluation_split, raw_split
 from vaelab.models.ae import AE
 from vaelab.models.gan import GAN
 from vaelab.models.vae import VAE
@@ -49,9 +51,10 @@ class EvalContext:
     split_name: str = "test"
     options: EvalOptions = field(default_factory=EvalOptions)
 
-    def view(self, name: str) -> Split:
-        """The deterministic evaluation view of the train, val or test split (limited by options.limit)."""
-        split = evaluation_split(self.dataset, self.run_config.data, name)
+    def view(self, name: str, raw: bool = False) -> Split:
+        """The deterministic evaluation view of the train, val or test split (limited by options.limit);
+        raw=True: the continuous pixels as the data set holds them (what a classifier was trained on)."""
+        split = (raw_split if raw else evaluation_split)(self.dataset, self.run_config.data, name)
         return split.subset(slice(0, self.options.limit)) if self.options.limit else split
 
     @cached_property
@@ -112,11 +115,28 @@ def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
     """AIS over the latent with HMC (Wu et al. 2017). A GAN's or MSE autoencoder's observation noise
     sigma is --sigma, or else chosen on the validation split as Wu et al. did."""
     o, model = ctx.options, ctx.model
-    sigma, results = o.sigma, {}
+    sigma, sigma_table = o.sigma, None
     if sigma is None and _needs_sigma(model):
-        sigma, _ = choose_sigma(model, ctx.view("val"), seed=o.seed)
-    results["decoder_ais"] = decoder_ais(model, ctx.split, num_steps=o.ais_steps or 1000,
-                                         num_chains=o.ais_runs or 16, sigma=sigma, seed=o.seed, progress=o.progress)
+        sigma, candidates = choose_sigma(model, ctx.view("val"), num_examples=10, num_steps=100, seed=o.seed)
+        sigma_table = {str(s): estimate.value for s, estimate in candidates.items()}
+    estimate = decoder_ais(model, ctx.split, num_steps=o.ais_steps or 1000, num_chains=o.ais_runs or 16,
+                           sigma=sigma, seed=o.seed, progress=o.progress)
+    if sigma_table is not None:
+        estimate.settings["sigma_chosen_on_validation"] = sigma_table  # mean log p(x) of 10 val images per sigma
+    return {"decoder_ais": estimate}
+
+
+def _sample_quality(ctx: EvalContext) -> dict[str, Estimate]:
+    """Frechet distance, precision and recall (and a CVAE's class consistency) in the feature space of
+    a classifier trained on this data set's training split (cached per data set); not Inception FID."""
+    o = ctx.options
+    if ctx.dataset.num_classes is None:
+        raise VaelabError("sample_quality needs a labelled data set to train its feature classifier")
+    classifier, info = load_or_train_classifier(ctx.dataset, progress=o.progress)
+    results = sample_quality(ctx.model, ctx.dataset, ctx.view(ctx.split_name, raw=True), classifier,
+                             num_samples=o.num_samples, seed=o.seed, progress=o.progress)
+    for estimate in results.values():
+        estimate.settings["classifier_test_accuracy"] = info["test_accuracy"]
     return results
 
 
@@ -130,6 +150,8 @@ METRICS: dict[str, Metric] = {
                           "in the settings"),
     "parzen": Metric(_parzen, _has("sample"), "Gaussian Parzen-window log-likelihood of model samples, sigma "
                      "chosen on the validation split (Goodfellow et al. 2014); biased"),
+    "sample_quality": Metric(_sample_quality, _has("sample"), "Frechet distance, precision/recall and CVAE class "
+                             "consistency in a locally trained classifier's feature space (not Inception FID)"),
     "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),
     "latent": Metric(_latent, _has("elbo_terms"), "KL per latent dimension and active units (Burda et al. 2015)"),
 }
