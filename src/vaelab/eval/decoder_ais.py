@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from vaelab.data.datasets import Split
 from vaelab.distributions import LOG_2PI, standard_normal_log_prob
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, _batches, _device_of, mean_and_stderr
+from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
 from vaelab.models.ae import AE
 from vaelab.models.gan import GAN, eval_mode
 from vaelab.models.vae import VAE
@@ -483,12 +483,12 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
     observation model in words, and a few diagnostics (mean acceptance rate, mean effective
     sample size of the weights)."""
     latent_model = latent_model_for(model, observation, sigma)
-    device = _device_of(model)
+    device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"log_px": [], "stderr": [], "ess": [], "acceptance_rate": []}
     with eval_mode(model), tqdm(total=len(split), disable=not progress, desc="decoder AIS", leave=False,
                                 unit="img") as bar:
-        for x, condition in _batches(split, batch_size, device, model.conditional):
+        for x, condition in labelled_batches(split, batch_size, device, model.conditional):
             log_px, stderr, diagnostics = ais_log_likelihood(
                 latent_model, x, num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
                 generator, schedule, labels=condition.get("y"), max_rows=max_rows)
@@ -558,11 +558,11 @@ def choose_sigma(model, validation: Split, sigmas: Sequence[float] = DEFAULT_SIG
 def _prior_is_estimate(model, split: Split, observation: str, sigma: float, num_samples: int,
                        seed: int) -> Estimate:
     latent_model = latent_model_for(model, observation, sigma)
-    device = _device_of(model)
+    device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     values = []
     with eval_mode(model):
-        for x, condition in _batches(split, 100, device, model.conditional):
+        for x, condition in labelled_batches(split, 100, device, model.conditional):
             values.append(prior_importance_log_likelihood(latent_model, x, num_samples, generator,
                                                           condition.get("y")).cpu())
     settings = {"num_samples": num_samples, "observation": latent_model.observation, "sigma": sigma,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from vaelab.data.datasets import Split
 from vaelab.distributions import gaussian_kl_standard
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, _batches, _device_of, mean_and_stderr
+from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 BOOTSTRAP_SAMPLES = 200  # resamples of the split for the active-unit count's standard error
@@ -40,9 +40,9 @@ def posterior_parameters(model, split: Split, batch_size: int = 500,
         raise VaelabError(f"a {type(model).__name__} has no encoder: no latent diagnostics")
     if len(split) == 0:
         raise VaelabError("latent diagnostics of an empty split")
-    device = _device_of(model)
+    device = model_device(model)
     mus, log_vars = [], []
-    for x, condition in tqdm(_batches(split, batch_size, device, model.conditional),
+    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
                              total=math.ceil(len(split) / batch_size), disable=not progress,
                              desc="latent", leave=False):
         posterior = model.encode(x, **condition)

@@ -23,7 +23,7 @@ from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
 from vaelab.errors import VaelabError
 
-DEFAULT_MAX_ROWS = 32768  # decoder rows per chunk: (rows x pixels) floats, ~100 MB at 784 pixels
+DEFAULT_MAX_ROWS = 8192  # decoder rows per chunk: ~26 MB of logits at 784 pixels; larger chunks ran slower (benchmarks/eval_speed.py)
 
 
 @dataclass
@@ -44,7 +44,7 @@ def mean_and_stderr(per_example: Tensor) -> tuple[float, float]:
     return values.mean().item(), stderr
 
 
-def _batches(split: Split, batch_size: int, device: torch.device, conditional: bool):
+def labelled_batches(split: Split, batch_size: int, device: torch.device, conditional: bool):
     """(x, conditioning) pairs: conditioning is {"y": labels} for a class-conditional model, else {}."""
     for batch in BatchIterator(split, batch_size, shuffle=False):
         batch = batch.to(device)
@@ -53,7 +53,7 @@ def _batches(split: Split, batch_size: int, device: torch.device, conditional: b
         yield batch.x, ({"y": batch.y} if conditional else {})
 
 
-def _device_of(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -61,10 +61,10 @@ def _device_of(model) -> torch.device:
 def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, seed: int = 0,
          progress: bool = False) -> dict[str, Estimate]:
     """Test ELBO, its reconstruction and KL terms (nats per example, means over the split)."""
-    device = _device_of(model)
+    device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"reconstruction": [], "kl": []}
-    for x, condition in tqdm(_batches(split, batch_size, device, model.conditional),
+    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
                              total=math.ceil(len(split) / batch_size), disable=not progress, desc="elbo", leave=False):
         terms = model.elbo_terms(x, num_samples, generator, **condition)
         for name in parts:
@@ -99,12 +99,12 @@ def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size:
                               progress: bool = False) -> Estimate:
     """Mean L_k over the split (Burda et al. 2015). The batch size defaults so that one chunk of
     samples covers a batch at small k and a handful of examples at large k."""
-    device = _device_of(model)
+    device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))
     bounds = []
     with tqdm(total=len(split), disable=not progress, desc=f"L_{k}", leave=False, unit="img") as bar:
-        for x, condition in _batches(split, batch_size, device, model.conditional):
+        for x, condition in labelled_batches(split, batch_size, device, model.conditional):
             bounds.append(importance_weighted_bound_per_example(model, x, k, generator, max_rows, **condition).cpu())
             bar.update(len(x))
     settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows}

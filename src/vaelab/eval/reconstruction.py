@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, _batches, _device_of, mean_and_stderr
+from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
 
 PROBABILITY_CLAMP = 1e-6  # p is clamped to [eps, 1 - eps] in the cross-entropy
 
@@ -77,11 +77,11 @@ def reconstruction_error(model, split: Split, batch_size: int = 500, *, seed: in
         raise VaelabError(f"a {type(model).__name__} has no reconstruct(x): no reconstruction error")
     if len(split) == 0:
         raise VaelabError("reconstruction error of an empty split")
-    device = _device_of(model)
+    device = model_device(model)
     stochastic = _takes_generator(model)
     extra = {"generator": torch.Generator(device).manual_seed(seed)} if stochastic else {}
     parts: dict[str, list[Tensor]] = {"mse": [], "bce": []}
-    for x, condition in tqdm(_batches(split, batch_size, device, model.conditional),
+    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
                              total=math.ceil(len(split) / batch_size), disable=not progress,
                              desc="reconstruction", leave=False):
         errors = reconstruction_errors(x, model.reconstruct(x, **condition, **extra))

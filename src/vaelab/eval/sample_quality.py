@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.data.loader import derive_seed
 from vaelab.errors import VaelabError
 from vaelab.eval.likelihood import Estimate
+from vaelab.eval.sampling import draw_model_samples
 
 DEFAULT_NUM_SAMPLES = 10000
 DEFAULT_K = 3  # Kynkaanniemi et al. 2019, section 2 ("we use k = 3")
@@ -215,11 +215,6 @@ def _reference_split(dataset: ImageDataset, split: Split | str) -> tuple[Split, 
     raise VaelabError(f"split must be 'train', 'test' or a Split, got {split!r}")
 
 
-def _model_device(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", classifier=None, *,
                    num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, batch_size: int = 500,
@@ -257,22 +252,11 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     subset = torch.randperm(len(reference), generator=subset_generator)[:n].sort().values
     reference_features = classifier.features(reference.images[subset], batch_size)
 
-    device = _model_device(model)
-    generator = torch.Generator(device).manual_seed(seed)
-    requested = torch.arange(n) % model.num_classes if conditional else None
-    features, hits = [], []
-    with tqdm(total=n, disable=not progress, desc="sample quality", unit="img", leave=False) as bar:
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            if conditional:
-                labels = requested[start:start + count]
-                images = model.sample(count, generator=generator, label=labels.to(device))
-                hits.append(classifier.logits(images, batch_size).argmax(dim=1).cpu() == labels)
-            else:
-                images = model.sample(count, generator=generator)
-            features.append(classifier.features(images, batch_size))
-            bar.update(count)
-    model_features = torch.cat(features)
+    images, _ = draw_model_samples(model, n, seed, batch_size)  # (n, C, H, W); labels 0..K-1 cycling
+    model_features = classifier.features(images, batch_size)
+    if conditional:
+        requested = torch.arange(n) % model.num_classes
+        hits = classifier.logits(images, batch_size).argmax(dim=1).cpu() == requested
 
     info = getattr(classifier, "cache_info", None) or {}
     common = {"num_samples": n, "num_samples_requested": num_samples, "seed": seed, "batch_size": batch_size,
@@ -282,7 +266,7 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
                                                     seed=derive_seed(seed, 2))}
     results.update(precision_recall(model_features, reference_features, k=k))
     if conditional:
-        results["class_consistency"] = _binomial(torch.cat(hits), {"num_classes": model.num_classes})
+        results["class_consistency"] = _binomial(hits, {"num_classes": model.num_classes})
     for estimate in results.values():
         estimate.settings = {**estimate.settings, **common}  # the caller's seed, not the derived one
     return results
