@@ -22,7 +22,8 @@ from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
 from vaelab.eval.parzen import parzen_estimate
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.eval.reconstruction import reconstruction_error
-from vaelab.eval.sample_quality import sample_quality
+from vaelab.eval.sample_quality import inception_fid, sample_quality
+from vaelab.eval.sampling import draw_model_samples
 from vaelab.experiment import evaluation_split, raw_split
 from vaelab.models.ae import AE
 from vaelab.models.gan import GAN
@@ -140,6 +141,15 @@ def _sample_quality(ctx: EvalContext) -> dict[str, Estimate]:
     return results
 
 
+def _inception_fid(ctx: EvalContext) -> dict[str, Estimate]:
+    """The real Inception FID, only where torch-fidelity and local Inception weights are installed
+    (vaelab never downloads them); otherwise one line saying how to enable it."""
+    o = ctx.options
+    reference = ctx.view(ctx.split_name, raw=True).images[: o.num_samples]
+    samples, _ = draw_model_samples(ctx.model, len(reference), o.seed)
+    return {"inception_fid": inception_fid(samples.cpu(), reference, seed=o.seed)}
+
+
 METRICS: dict[str, Metric] = {
     "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
     "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
@@ -152,6 +162,8 @@ METRICS: dict[str, Metric] = {
                      "chosen on the validation split (Goodfellow et al. 2014); biased"),
     "sample_quality": Metric(_sample_quality, _has("sample"), "Frechet distance, precision/recall and CVAE class "
                              "consistency in a locally trained classifier's feature space (not Inception FID)"),
+    "inception_fid": Metric(_inception_fid, _has("sample"), "Frechet Inception Distance with torch-fidelity and "
+                            "local Inception weights ($VAELAB_INCEPTION_WEIGHTS), if installed"),
     "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),
     "latent": Metric(_latent, _has("elbo_terms"), "KL per latent dimension and active units (Burda et al. 2015)"),
 }

@@ -279,7 +279,7 @@ def _inception_extractor(weights_path: str | os.PathLike[str] | None):
     """torch-fidelity's FeatureExtractorInceptionV3 with local weights, or a VaelabError saying how to enable it."""
     how = (f"install the optional package torch-fidelity yourself and save its Inception weights "
            f"(weights-inception-2015-12-05-6726825d.pth) locally, then pass weights_path= or set "
-           f"{INCEPTION_WEIGHTS_ENV}=PATH; vaelab never downloads them. Without it, use sample_quality(), "
+           f"{INCEPTION_WEIGHTS_ENV}=PATH; vaelab never downloads them. Without it, use the sample_quality metric, "
            f"whose Frechet distance is computed in a classifier trained on the data set (not comparable "
            f"with published FIDs)")
     try:
