@@ -14,7 +14,6 @@ flattened images (pixels in [0, 1]):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -22,6 +21,7 @@ import torch
 import vaelab
 from vaelab.checkpoint import load_run_config
 from vaelab.experiment import evaluation_split, load_data
+from vaelab.files import atomic_write_json
 
 
 def diversity(images: torch.Tensor, threshold: float) -> dict[str, float]:
@@ -58,8 +58,7 @@ def main() -> int:
         print(f"{name:<14}{r['mean_pairwise_l2']:>14.3f}{r['median_nn_l2']:>14.3f}"
               f"{r['near_duplicate_pairs']:>12d}{r['min_pairwise_l2']:>13.3f}")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        atomic_write_json(args.json, results)
     return 0
 
 

@@ -24,7 +24,6 @@ process were over ten times slower per step than one (the matmuls are only 100 x
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from vaelab.eval.rbm_ais import (
     rbm_log_likelihood,
     rbm_log_partition_ais,
 )
+from vaelab.files import atomic_write_json
 from vaelab.models.rbm import RBM, RBMConfig
 
 
@@ -108,8 +108,7 @@ def main() -> int:
               f"{log_likelihood.value:.2f} +- {log_likelihood.stderr:.2f} nats")
         results["test_log_likelihood"] = log_likelihood.to_dict()
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        atomic_write_json(args.json, results)
     return 0
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import vaelab
-from tiny_runs import (STEPS_PER_EPOCH, error_lines, read_metrics, read_tensors, resume, same_tensors,
-                       train, write_images)
+from tiny_runs import (STEPS_PER_EPOCH, assert_same_state, error_lines, read_metrics, read_tensors, resume,
+                       same_tensors, train, write_images)
 from vaelab import trainer as trainer_module
 from vaelab.checkpoint import load_run_config, load_training_state
 from vaelab.data.loader import BatchIterator
@@ -182,21 +182,6 @@ def _state_without_clock(run_dir):
     return state
 
 
-def _assert_same_state(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same_state(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_state(x, y, f"{where}/{i}")
-    else:
-        assert a == b, (where, a, b)
-
-
 def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, data):
     """binarize=dynamic draws fresh data noise every batch; 7 and 13 both stop mid-epoch."""
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -214,7 +199,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, data):
     metrics = read_metrics(resumed)
     assert [m["step"] for m in metrics] == [5, 10, 13]  # the partial line of step 7 was replaced
     assert metrics == read_metrics(whole)
-    _assert_same_state(_state_without_clock(resumed), _state_without_clock(whole))
+    assert_same_state(_state_without_clock(resumed), _state_without_clock(whole))
     assert load_run_config(resumed).train == load_run_config(whole).train
 
 
@@ -230,7 +215,7 @@ def test_resume_after_whole_epochs_with_more_epochs(tmp_path, data):
     metrics = read_metrics(resumed)
     assert metrics == read_metrics(whole)
     assert [m["lr"] for m in metrics] == pytest.approx([5e-4, 2.5e-4, 1.25e-4])  # the schedule resumed too
-    _assert_same_state(_state_without_clock(resumed), _state_without_clock(whole))
+    assert_same_state(_state_without_clock(resumed), _state_without_clock(whole))
     assert load_run_config(resumed).train.epochs == 3
 
 

@@ -70,3 +70,19 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 def error_lines(stderr: str) -> list[str]:
     """The `vaelab: error:` lines of a captured stderr."""
     return [line for line in stderr.splitlines() if line.startswith("vaelab: error:")]
+
+
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Nested training states (tensors, dicts, lists, plain values) are equal, naming the first difference."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)

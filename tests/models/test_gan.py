@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vaelab
-from tiny_runs import error_lines, read_metrics, read_tensors, same_tensors, write_images
+from tiny_runs import assert_same_state, error_lines, read_metrics, read_tensors, same_tensors, write_images
 from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.config import TrainConfig
@@ -314,21 +314,6 @@ def resume(run_dir, *args: str) -> int:
     return main(["train", "gan", "--out", str(run_dir), "--resume", *args])
 
 
-def _assert_same_state(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same_state(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_state(x, y, f"{where}/{i}")
-    else:
-        assert a == b, (where, a, b)
-
-
 def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, data):
     """Both optimizers, the BatchNorm running statistics and the d_steps phase survive --resume:
     7 steps then 6 more (5 steps an epoch, G updated on odd steps) equal 13 in one go."""
@@ -345,7 +330,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, data):
     state, whole_state = load_training_state(resumed), load_training_state(whole)
     for s in (state, whole_state):
         s["progress"].pop("epoch_seconds")
-    _assert_same_state(state, whole_state)
+    assert_same_state(state, whole_state)
     d_state, g_state = state["optimizers"]
     model = vaelab.load(resumed)
     assert len(d_state["state"]) == len(list(model.discriminator.parameters()))
