@@ -86,3 +86,17 @@ def assert_same_state(a, b, where: str = "state") -> None:
             assert_same_state(x, y, f"{where}/{i}")
     else:
         assert a == b, (where, a, b)
+
+
+def adam_step(model, batch, lr: float = 1e-3, seed: int = 5) -> tuple[torch.Tensor, set[str]]:
+    """One Adam step on model.loss(batch) with the global RNG seeded (so a test can redraw the same
+    noise afterwards): returns the loss before the step and the names of the state entries it changed."""
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    loss = model.loss(batch)["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
+    return loss.detach(), changed

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_runs import read_tensors, same_tensors, write_images
 
 import vaelab
-from tiny_runs import read_tensors, same_tensors, write_images
 from vaelab.cli import main
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch

@@ -9,9 +9,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_runs import assert_same_state, error_lines, read_metrics, read_tensors, same_tensors, write_images
 
 import vaelab
-from tiny_runs import assert_same_state, error_lines, read_metrics, read_tensors, same_tensors, write_images
 from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.config import TrainConfig

@@ -10,9 +10,9 @@ import contextlib
 
 import pytest
 import torch
+from tiny_runs import read_tensors, same_tensors, write_images
 
 import vaelab
-from tiny_runs import read_tensors, same_tensors, write_images
 from vaelab.checkpoint import WEIGHTS_FILE
 from vaelab.cli import main
 from vaelab.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
