@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, CONFIG_FILE, WEIGHTS_FILE, RunConfig,
+from vaelab.config import RunConfig
+from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, CONFIG_FILE, WEIGHTS_FILE,
                                load_run_config, load_training_state, save_run_config,
                                save_training_state, save_weights)
 from vaelab.config import DataConfig, TrainConfig
@@ -70,7 +71,7 @@ def test_run_config_json_round_trip(tmp_path):
     assert values["model_name"] == "vae" and values["image_shape"] == [1, 6, 6]
     assert values["model"]["hidden"] == [16] and values["train"]["lr"] == 3e-4
     assert values["data"]["name"] == "tiny.npz" and values["class_names"] == ["a", "b"]
-    assert RunConfig.from_dict(values) == run_config
+    assert load_run_config(tmp_path) == run_config
 
 
 def test_best_and_unknown_checkpoints(tmp_path):

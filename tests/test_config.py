@@ -10,7 +10,7 @@ import pytest
 from vaelab.config import (DataConfig, TrainConfig, apply_overrides, config_from_dict, config_to_dict,
                            load_yaml, parse_overrides, parse_value, update_config)
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.models.vae import VAEConfig
+from vaelab.models.vae import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_type_errors_name_the_key(pair, message):
 
 
 @pytest.mark.parametrize("pair,message", [
-    ("binarize=sometimes", r"binarize must be one of none, dynamic, fixed, got 'sometimes'"),
+    ("binarize=sometimes", r"binarize must be one of auto, none, dynamic, fixed, got 'sometimes'"),
     ("precision=fp16", r"precision must be one of fp32, bf16"),
     ("architecture=resnet", r"architecture must be one of mlp, conv, linear"),
     ("likelihood=poisson", r"likelihood must be one of bernoulli, gaussian"),
@@ -210,6 +210,16 @@ def test_the_benchmark_config_loads_cleanly():
 
 
 def test_pixel_model_follows_binarize_and_dequantize():
-    assert DataConfig().pixel_model == "continuous"
-    assert DataConfig(dequantize=True).pixel_model == "dequantize"
+    assert DataConfig(binarize="none").pixel_model == "continuous"
+    assert DataConfig(binarize="none", dequantize=True).pixel_model == "dequantize"
     assert DataConfig(binarize="fixed", dequantize=True).pixel_model == "fixed"
+
+
+def test_binarize_auto_is_decided_by_the_model_when_a_run_starts():
+    with pytest.raises(ConfigError, match="binarize=auto"):
+        DataConfig().pixel_model
+    assert DataConfig().resolved(binary_model=True).pixel_model == "dynamic"  # the published protocol
+    assert DataConfig().resolved(binary_model=False).pixel_model == "continuous"
+    assert DataConfig(dequantize=True).resolved(binary_model=True).pixel_model == "dequantize"
+    assert DataConfig(binarize="none").resolved(binary_model=True).pixel_model == "continuous"  # asked for
+    assert VAE.prefers_binary_pixels(VAEConfig()) and not VAE.prefers_binary_pixels(VAEConfig(likelihood="gaussian"))

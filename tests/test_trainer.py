@@ -135,10 +135,10 @@ def test_a_crash_resumes_from_the_save_every_checkpoint(tmp_path, data, monkeypa
     crashed = tmp_path / "crashed"
     original = VAE.train_step
 
-    def crash_at_step_9(self, batch, optimizers, step, **kwargs):
+    def crash_at_step_9(self, batch, step, updater):
         if step == 8:  # the 9th step, one after the step-8 checkpoint
             raise RuntimeError("simulated crash")
-        return original(self, batch, optimizers, step, **kwargs)
+        return original(self, batch, step, updater)
 
     monkeypatch.setattr(VAE, "train_step", crash_at_step_9)
     assert train(crashed, data, "--epochs", "3", "--max-steps", "12", "--save-every", "4", "binarize=dynamic") == 1

@@ -1,6 +1,6 @@
 """vaelab: train, sample, evaluate and compare Variational Autoencoders."""
 
-__version__ = "0.1.0"
+from vaelab.version import __version__
 
 
 def load(run_dir, checkpoint: str = "final", device="cpu"):

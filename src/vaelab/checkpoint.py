@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors_to_bytes
 
-from vaelab import __version__
-from vaelab.config import DataConfig, TrainConfig, config_from_dict, config_to_dict
+from vaelab.config import RunConfig
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_write_bytes, atomic_write_json
 from vaelab.models.base import GenerativeModel
 from vaelab.registry import get_model_class
+from vaelab.version import __version__
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,35 +29,6 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 TRAINING_STATE = "last"  # checkpoints/last.safetensors + checkpoints/last.json
 BEST_WEIGHTS = "best.safetensors"  # checkpoints/best.safetensors: lowest validation loss so far
-
-
-@dataclass
-class RunConfig:
-    """Everything needed to rebuild a run's model and data pipeline."""
-
-    model_name: str
-    model: Any  # the model's config dataclass
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    image_shape: tuple[int, ...] = (1, 28, 28)
-    num_classes: int | None = None
-    class_names: list[str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"vaelab_version": __version__, "model_name": self.model_name,
-                "image_shape": list(self.image_shape), "num_classes": self.num_classes,
-                "class_names": self.class_names, "model": config_to_dict(self.model),
-                "data": config_to_dict(self.data), "train": config_to_dict(self.train)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        model_class = get_model_class(values["model_name"])
-        return cls(model_name=values["model_name"],
-                   model=config_from_dict(model_class.config_class, values["model"]),
-                   data=config_from_dict(DataConfig, values["data"]),
-                   train=config_from_dict(TrainConfig, values["train"]),
-                   image_shape=tuple(values["image_shape"]), num_classes=values.get("num_classes"),
-                   class_names=values.get("class_names"))
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -101,7 +71,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not isinstance(values, dict):
         raise VaelabError(f"{path} is not a vaelab run config (expected a JSON object)")
     try:
-        return RunConfig.from_dict(values)
+        return RunConfig.from_dict(values, lambda name: get_model_class(name).config_class)
     except KeyError as error:  # a hand-edited or foreign config.json: one line, not a traceback
         raise VaelabError(f"{path} is not a complete vaelab run config: no {error} entry") from None
     except (AttributeError, TypeError, ValueError) as error:

@@ -1,8 +1,8 @@
 """The `vaelab` command line (see CLI.md): train, sample, reconstruct, eval, data.
 
-Each subcommand is a function registered in COMMANDS. Bad usage or bad input ends with one line
-`vaelab: error: ...` and exit status 2; a failure while running with exit status 1; a traceback
-only with --debug or VAELAB_DEBUG=1.
+Each subcommand is a handler and a function that adds its arguments, registered in COMMANDS.
+Bad usage or bad input ends with one line `vaelab: error: ...` and exit status 2; a failure while
+running with exit status 1; a traceback only with --debug or VAELAB_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from vaelab import __version__
 from vaelab.errors import TrainingError, VaelabError
+from vaelab.version import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -41,7 +41,10 @@ def _train_configs(args):
     flags = {"data.name": args.data, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
              "train.max_steps": args.max_steps, "train.save_every": args.save_every,
              "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision}
-    return apply_overrides(configs, {key: value for key, value in flags.items() if value is not None})
+    configs = apply_overrides(configs, {key: value for key, value in flags.items() if value is not None})
+    # binarize=auto: the published protocol (dynamic binarization) for a model of binary images
+    configs["data"] = configs["data"].resolved(model_class.prefers_binary_pixels(configs["model"]))
+    return configs
 
 
 def _resumed_config(args, run_dir: Path):
@@ -64,7 +67,8 @@ def _resumed_config(args, run_dir: Path):
 def cmd_train(args) -> int:
     import torch
 
-    from vaelab.checkpoint import CONFIG_FILE, RunConfig, build_model, clear_run
+    from vaelab.checkpoint import CONFIG_FILE, build_model, clear_run
+    from vaelab.config import RunConfig
     from vaelab.experiment import load_data, training_splits
     from vaelab.trainer import Trainer
 
@@ -101,15 +105,15 @@ def cmd_train(args) -> int:
 # -- sample / reconstruct ------------------------------------------------------------------------
 
 def _load_model(args):
-    import vaelab
+    from vaelab.checkpoint import load
 
-    return vaelab.load(args.run_dir, checkpoint=args.checkpoint)
+    return load(args.run_dir, checkpoint=args.checkpoint)
 
 
 def cmd_sample(args) -> int:
     import torch
 
-    from vaelab.images import save_images
+    from vaelab.plots.images import save_images
 
     model = _load_model(args)
     count = args.n if args.n is not None else (8 if args.chain else 64)
@@ -136,9 +140,10 @@ def cmd_sample(args) -> int:
 def _sample_chain(model, args, num_chains: int, generator) -> int:
     """--chain STEPS: consecutive states of `num_chains` Markov chains, one chain per row of the grid
     (time runs left to right); a .npy holds them as (chains, steps, C, H, W)."""
-    from vaelab.images import save_images
+    from vaelab.models.capabilities import MarkovChainSampler
+    from vaelab.plots.images import save_images
 
-    if not hasattr(model, "sample_chain"):
+    if not isinstance(model, MarkovChainSampler):
         raise VaelabError(f"--chain needs a model that samples with a Markov chain (e.g. gsn); "
                           f"{args.run_dir} holds a {type(model).__name__}")
     if args.chain < 1:
@@ -159,20 +164,20 @@ def cmd_reconstruct(args) -> int:
 
     from vaelab.checkpoint import load_run_config
     from vaelab.experiment import evaluation_split, load_data
-    from vaelab.images import save_images
+    from vaelab.models.capabilities import Reconstructor
+    from vaelab.plots.images import save_images
 
     model = _load_model(args)
-    if not hasattr(model, "reconstruct"):
+    if not isinstance(model, Reconstructor):
         raise VaelabError(f"a {type(model).__name__} has no encoder to reconstruct with")
     run_config = load_run_config(args.run_dir)
     split = evaluation_split(load_data(run_config.data), run_config.data, args.split)
-    originals = split.images[: args.n]
-    condition = {}
+    originals, label = split.images[: args.n], None
     if model.conditional:  # a class-conditional model encodes and decodes with each image's label
         if split.labels is None:
             raise VaelabError(f"{type(model).__name__} reconstructs with labels, and this data has none")
-        condition["y"] = split.labels[: args.n]
-    reconstructions = model.reconstruct(originals, **condition)
+        label = split.labels[: args.n]
+    reconstructions = model.reconstruct(originals, label=label, generator=torch.Generator().manual_seed(0))
     nrow = args.nrow
     # Alternate rows: originals, then their reconstructions beneath them.
     rows = [torch.cat([originals[i:i + nrow], reconstructions[i:i + nrow]]) for i in range(0, len(originals), nrow)]
@@ -224,14 +229,19 @@ def _print_table(results: dict, args) -> None:
         else:
             print(f"{name:<26}{result['value']:>12.3f}{result['stderr']:>10.3f}")
     if "iw_bound" in results:
-        print(f"{'nll (= -iw_bound)':<26}{-results['iw_bound']['value']:>12.3f}{results['iw_bound']['stderr']:>10.3f}")
+        bound = results["iw_bound"]
+        name = "nll" if bound["settings"]["bound_of"] == "log p(x)" else f"-{bound['settings']['bound_of']}"
+        print(f"{name + ' (= -iw_bound)':<26}{-bound['value']:>12.3f}{bound['stderr']:>10.3f}")
+    quantities = {result["settings"].get("bound_of") for result in results.values()} - {None}
+    for quantity in sorted(quantities - {"log p(x)", "log p(x|y)"}):
+        print(f"note: *_cross_entropy results are a {quantity}")
 
 
 # -- graph ---------------------------------------------------------------------------------------
 
 def cmd_graph(args) -> int:
     from vaelab.config import apply_overrides, parse_overrides
-    from vaelab.graph_drawing import draw
+    from vaelab.plots.graphs import draw
     from vaelab.registry import get_model_class
 
     model_class = get_model_class(args.model)
@@ -252,41 +262,41 @@ def cmd_data(args) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval,
-            "graph": cmd_graph, "data": cmd_data}
-
-
 def _add_run_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaelab train'")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
                         help="final weights, or those with the best validation loss (default: final)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vaelab.eval.metrics import METRICS
+def _add_model_argument(parser) -> None:
     from vaelab.registry import MODELS
 
-    parser = _Parser(prog="vaelab", description="Train, sample, evaluate and compare VAEs.")
-    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("model", metavar="MODEL", choices=list(MODELS), help=f"one of: {', '.join(MODELS)}")
 
+
+def _add_train_parser(commands) -> None:
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("model", metavar="MODEL", choices=list(MODELS), help=f"one of: {', '.join(MODELS)}")
+    _add_model_argument(train)
     train.add_argument("--data", help="fashion-mnist, mnist, digits (embedded default) or a .npz/.npy/folder path")
     train.add_argument("--data-dir", help="where to look for named datasets first")
     train.add_argument("--config", help="a YAML file of config keys")
     train.add_argument("--out", help="run directory (default: runs/MODEL)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--max-steps", type=int)
-    train.add_argument("--save-every", type=int, help="also checkpoint every this many steps")
-    train.add_argument("--seed", type=int)
+    _add_train_budget_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--precision", choices=["fp32", "bf16"])
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
 
+
+def _add_train_budget_arguments(train) -> None:
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--save-every", type=int, help="also checkpoint every this many steps")
+    train.add_argument("--seed", type=int)
+
+
+def _add_sample_parser(commands) -> None:
     sample = commands.add_parser("sample", help="draw samples from a trained model")
     _add_run_arguments(sample)
     sample.add_argument("-n", type=int, help="number of samples (default 64); with --chain, of chains (default 8)")
@@ -298,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "columns = time; default RUN_DIR/chain.png")
     sample.add_argument("--out", help="FILE.png (a grid) or FILE.npy (an array); default RUN_DIR/samples.png")
 
+
+def _add_reconstruct_parser(commands) -> None:
     reconstruct = commands.add_parser("reconstruct", help="reconstruct evaluation images")
     _add_run_arguments(reconstruct)
     reconstruct.add_argument("-n", type=int, default=32, help="number of images (default 32)")
@@ -305,31 +317,63 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--split", choices=["test", "val", "train"], default="test")
     reconstruct.add_argument("--out", help="FILE.png; default RUN_DIR/reconstructions.png")
 
+
+def _add_eval_parser(commands) -> None:
+    from vaelab.eval.metrics import METRICS
+
     evaluate = commands.add_parser("eval", help="score a trained model")
     _add_run_arguments(evaluate)
     evaluate.add_argument("--metrics", default="elbo,iw", help=f"comma-separated, from: {', '.join(METRICS)}")
     evaluate.add_argument("--k", type=int, default=5000, help="importance samples for the iw bound (default 5000)")
     evaluate.add_argument("--samples", type=int, default=10000,
                           help="model samples for the sample-based metrics (default 10000)")
-    evaluate.add_argument("--ais-runs", type=int, help="AIS chains (default: RBM 100, decoder 16 per image)")
-    evaluate.add_argument("--ais-steps", type=int,
-                          help="AIS intermediate distributions (default: RBM 14500, decoder 1000)")
-    evaluate.add_argument("--sigma", type=float, help="decoder AIS: std of the Gaussian observation model of a GAN "
-                          "or an MSE autoencoder (default: chosen on the validation split)")
+    _add_eval_ais_arguments(evaluate)
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", help="write {metric: {value, stderr, settings}} to this file")
 
+
+def _add_eval_ais_arguments(evaluate) -> None:
+    evaluate.add_argument("--ais-runs", type=int, help="AIS chains (default: RBM 100, decoder 16 per image)")
+    evaluate.add_argument("--ais-steps", type=int,
+                          help="AIS intermediate distributions (default: RBM 14500, decoder 1000)")
+    evaluate.add_argument("--sigma", type=float, help="decoder AIS: std of the Gaussian observation model of a GAN "
+                          "or an MSE autoencoder (default: chosen on the validation split)")
+
+
+def _add_graph_parser(commands) -> None:
     graph = commands.add_parser("graph", help="draw a model's training graph")
-    graph.add_argument("model", metavar="MODEL", choices=list(MODELS), help=f"one of: {', '.join(MODELS)}")
+    _add_model_argument(graph)
     graph.add_argument("--out", help="FILE.svg or FILE.png (default MODEL_graph.svg)")
     graph.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config keys, e.g. objective=iwae")
 
+
+def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="locate (or download) a dataset and describe it")
     data.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, digits or a path")
     data.add_argument("--data-dir")
     data.add_argument("--offline", action="store_true", help="never download")
+
+
+# command name -> (handler, the function that adds its subparser); also the order of `vaelab --help`
+COMMANDS = {
+    "train": (cmd_train, _add_train_parser),
+    "sample": (cmd_sample, _add_sample_parser),
+    "reconstruct": (cmd_reconstruct, _add_reconstruct_parser),
+    "eval": (cmd_eval, _add_eval_parser),
+    "graph": (cmd_graph, _add_graph_parser),
+    "data": (cmd_data, _add_data_parser),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vaelab", description="Train, sample, evaluate and compare VAEs.")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for _, add_parser in COMMANDS.values():
+        add_parser(commands)
     return parser
 
 
@@ -351,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("VAELAB_DEBUG") == "1"
     try:
         args = _parse(build_parser(), argv)
-        return COMMANDS[args.command](args)
+        handler, _ = COMMANDS[args.command]
+        return handler(args)
     except VaelabError as error:
         if debug:
             traceback.print_exc()

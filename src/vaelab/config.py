@@ -12,13 +12,15 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from vaelab.errors import ConfigError
+from vaelab.version import __version__
 
 
 @dataclass
@@ -27,16 +29,27 @@ class DataConfig:
 
     name: str = "digits"  # fashion-mnist, mnist, digits (embedded), or a .npz/.npy/folder path
     data_dir: str | None = None
-    binarize: Literal["none", "dynamic", "fixed"] = "none"  # dynamic: fresh Bernoulli draw every minibatch
+    # dynamic: a fresh Bernoulli draw every minibatch; auto: dynamic for a model of binary images
+    # (a Bernoulli likelihood: the published protocol), none otherwise, decided when a run starts
+    binarize: Literal["auto", "none", "dynamic", "fixed"] = "auto"
     dequantize: bool = False  # uniform dequantization of continuous pixels (binarize=none only)
     val_size: float = 0.1  # held out of the training split: a fraction (< 1) or a count (>= 1)
     split_seed: int = 0  # seeds the validation hold-out and the one-off binarization of eval data
 
     @property
     def pixel_model(self) -> str:
+        if self.binarize == "auto":
+            raise ConfigError("binarize=auto is decided by the model when a run starts (DataConfig.resolved)")
         if self.binarize != "none":
             return self.binarize
         return "dequantize" if self.dequantize else "continuous"
+
+    def resolved(self, binary_model: bool) -> DataConfig:
+        """This config with binarize=auto made concrete: dynamic for a model of binary images that is
+        not asked to dequantize, none otherwise."""
+        if self.binarize != "auto":
+            return self
+        return dataclasses.replace(self, binarize="dynamic" if binary_model and not self.dequantize else "none")
 
 
 @dataclass
@@ -61,6 +74,36 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: int = 500
     tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run's model and data pipeline; saved as config.json."""
+
+    model_name: str
+    model: Any  # the model's config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vaelab_version": __version__, "model_name": self.model_name,
+                "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "class_names": self.class_names, "model": config_to_dict(self.model),
+                "data": config_to_dict(self.data), "train": config_to_dict(self.train)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], model_config_class: Callable[[str], type]) -> RunConfig:
+        """Rebuild from to_dict()'s output; model_config_class(model_name) gives the model's config
+        dataclass (the registry's), so this module needs no model."""
+        return cls(model_name=values["model_name"],
+                   model=config_from_dict(model_config_class(values["model_name"]), values["model"]),
+                   data=config_from_dict(DataConfig, values["data"]),
+                   train=config_from_dict(TrainConfig, values["train"]),
+                   image_shape=tuple(values["image_shape"]), num_classes=values.get("num_classes"),
+                   class_names=values.get("class_names"))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vaelab import noise
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -24,7 +27,7 @@ def reparameterize(mu: Tensor, log_var: Tensor, num_samples: int | None = None,
     mu, log_var: (B, D). Returns (B, D), or (num_samples, B, D) when num_samples is given.
     """
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    eps = noise.normal(shape, generator, like=mu)
     return mu + torch.exp(0.5 * log_var) * eps
 
 
@@ -54,10 +57,17 @@ class BernoulliLikelihood:
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)); the binary cross-entropy cost.
 
     The decoder emits one logit per pixel. log p = x * l - softplus(l), which is exact for
-    x in {0, 1} and is the (negative) BCE for x in [0, 1].
+    x in {0, 1} and is the (negative) BCE for x in [0, 1]: on grey pixels it is a cross-entropy,
+    not the log-probability of anything (`binary_support`), and estimators say so.
     """
 
+    kind: ClassVar[str] = "bernoulli"
     params_per_pixel: int = 1
+    binary_support: bool = True  # a density of binary images only
+
+    @property
+    def description(self) -> str:
+        return "bernoulli on the decoder's logits"
 
     def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
         logits = decoded
@@ -68,7 +78,7 @@ class BernoulliLikelihood:
 
     def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
         probs = torch.sigmoid(decoded)
-        return (torch.rand(probs.shape, generator=generator, device=probs.device) < probs).to(probs.dtype)
+        return (noise.uniform(probs.shape, generator, like=probs, dtype=torch.float32) < probs).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -83,14 +93,24 @@ class GaussianLikelihood:
     sigmoid_mean=False it is the decoder's output itself (the linear-Gaussian model).
     """
 
+    kind: ClassVar[str] = "gaussian"
     learned_variance: bool = False
     sigmoid_mean: bool = True
     fixed_std: float = 0.1
     min_std: float = 1e-2
+    binary_support: bool = False
 
     @property
     def params_per_pixel(self) -> int:
         return 2 if self.learned_variance else 1
+
+    @property
+    def description(self) -> str:
+        if self.learned_variance:
+            words = f"gaussian with the decoder's learned per-pixel sigma (min_std={self.min_std:g})"
+        else:
+            words = f"gaussian sigma={self.fixed_std:g}"
+        return words + (", mean = sigmoid(decoder output)" if self.sigmoid_mean else ", mean = decoder output")
 
     def _mean_and_log_var(self, decoded: Tensor, channel_dim: int = -3) -> tuple[Tensor, Tensor]:
         if not self.learned_variance:
@@ -112,8 +132,10 @@ class GaussianLikelihood:
 
     def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mean, log_var = self._mean_and_log_var(decoded)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * log_var) * noise
+        return mean + torch.exp(0.5 * log_var) * noise.normal(mean.shape, generator, like=mean)
+
+
+Likelihood = BernoulliLikelihood | GaussianLikelihood
 
 
 def log_mean_exp(values: Tensor, dim: int = 0) -> Tensor:

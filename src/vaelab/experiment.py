@@ -24,13 +24,13 @@ def _validation_size(data: DataConfig) -> int | float:
 def training_splits(dataset: ImageDataset, data: DataConfig) -> tuple[Split, Split]:
     """(train, validation): the validation split is held out of the training split (the test split
     is untouched until evaluation) and fixed once; under binarize=fixed the training split is
-    binarized once as well."""
-    train, val = holdout_validation(dataset.train, _validation_size(data), seed=data.split_seed)
+    binarized once as well (the same draw as its evaluation view)."""
+    train, val = raw_split(dataset, data, "train"), raw_split(dataset, data, "val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"val_size={data.val_size} leaves an empty split of {len(dataset.train)} training images")
     if data.pixel_model == "fixed":
-        train = fixed_view(train, "fixed", dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET["train"])
-    return train, fixed_view(val, data.pixel_model, dataset.levels, seed=data.split_seed + _EVAL_SEED_OFFSET["val"])
+        train = deterministic_view(train, data, "train", dataset.levels)
+    return train, deterministic_view(val, data, "val", dataset.levels)
 
 
 def raw_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
@@ -43,7 +43,14 @@ def raw_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
     raise DataError(f"split must be train, val or test, got {split!r}")
 
 
+def deterministic_view(split: Split, data: DataConfig, name: str, levels: int | None) -> Split:
+    """`split` (the train, val or test split named `name`) under the run's pixel model, drawn once
+    from split_seed + the split's offset: the one definition of what evaluation, validation and
+    post-training fits (an AE's latent density) see. Binary images stay as they are, so applying it
+    to an already binarized training split changes nothing."""
+    return fixed_view(split, data.pixel_model, levels, seed=data.split_seed + _EVAL_SEED_OFFSET[name])
+
+
 def evaluation_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
     """The deterministic view of `split` (train, val or test) that evaluation scores."""
-    return fixed_view(raw_split(dataset, data, split), data.pixel_model, dataset.levels,
-                      seed=data.split_seed + _EVAL_SEED_OFFSET[split])
+    return deterministic_view(raw_split(dataset, data, split), data, split, dataset.levels)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -50,3 +52,38 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     if cfg.schedule not in schedules:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(schedules)}")
     return schedules[cfg.schedule]()
+
+
+class Updater:
+    """The one optimizer step of vaelab: every model's update goes through `minimize`.
+
+    The trainer builds it from the train config; a model's train_step computes its terms inside
+    `autocast()` (the configured precision) and hands the term to descend to `minimize`, which
+    zeroes the gradients, back-propagates, clips the global gradient norm of that optimizer's
+    parameters to grad_clip (0: no clipping) and steps the optimizer.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float = 0.0,
+                 precision: str = "fp32", device_type: str = "cpu"):
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.optimizers = optimizers
+        self.grad_clip = grad_clip
+        self.precision = precision
+        self.device_type = device_type
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on the model's device type under precision=bf16, else nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def minimize(self, objective: torch.Tensor, optimizer_index: int = 0) -> None:
+        """One descent step of optimizers[optimizer_index] on the scalar `objective`."""
+        optimizer = self.optimizers[optimizer_index]
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if self.grad_clip > 0:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        optimizer.step()

@@ -1,15 +1,15 @@
 """The one training loop every model goes through.
 
-The loop reads top to bottom: for each epoch, for each minibatch, `model.train_step`; then
-validation, a metrics.jsonl line, TensorBoard scalars and a checkpoint. Models with unusual updates
-override `train_step`/`make_optimizers`, never this loop. A checkpoint holds everything `--resume`
+The loop reads top to bottom: for each epoch, for each minibatch, `model.train_step` through the
+trainer's Updater (zero-grad, backward, clipping, step, precision); then validation, a
+metrics.jsonl line, TensorBoard scalars and a checkpoint. Models with unusual updates override
+`train_step`/`make_optimizers`, never this loop. A checkpoint holds everything `--resume`
 needs (weights, optimizer and scheduler state, RNG state, position in the epoch, running sums), so
 a resumed run produces the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -24,15 +24,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE, RunConfig,
+from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE,
                                load_training_state, load_weights, save_run_config, save_training_state,
                                save_weights)
+from vaelab.config import RunConfig
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
-from vaelab.data.pixels import batch_transform, fixed_view
+from vaelab.data.pixels import batch_transform
 from vaelab.errors import TrainingError, VaelabError
+from vaelab.experiment import deterministic_view
 from vaelab.models.base import GenerativeModel
-from vaelab.optim import build_optimizer, build_scheduler
+from vaelab.optim import Updater, build_optimizer, build_scheduler
 
 VALIDATION_SEED = 12345  # validation noise is drawn from its own fixed stream, never the training one
 TENSORBOARD_EVERY = 50  # steps between TensorBoard training scalars
@@ -80,6 +82,7 @@ class Trainer:
         self.optimizers = model.make_optimizers(lambda params: build_optimizer(params, self.cfg))
         self.schedulers = [build_scheduler(opt, self.cfg, self.steps_per_epoch, total_steps)
                            for opt in self.optimizers]
+        self.updater = Updater(self.optimizers, self.cfg.grad_clip, self.cfg.precision, self.device.type)
         self.progress = Progress()
         self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self.writer = None
@@ -143,8 +146,7 @@ class Trainer:
     def _finish_training(self) -> None:
         """Run the model's after-training pass (e.g. an AE fits its latent density to the training
         codes) on the final weights and on the best ones, and save both."""
-        fit_split = fixed_view(self.train_split, self.run_config.data.pixel_model, self.levels,
-                               seed=self.run_config.data.split_seed)
+        fit_split = deterministic_view(self.train_split, self.run_config.data, "train", self.levels)
         best_path = self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS
         if best_path.exists() and type(self.model).after_training is not GenerativeModel.after_training:
             best_model = copy.deepcopy(self.model)
@@ -179,8 +181,7 @@ class Trainer:
     def _train_step(self, batch) -> dict[str, float]:
         p = self.progress
         batch = batch.to(self.device)
-        terms = self.model.train_step(batch, self.optimizers, p.step, grad_clip=self.cfg.grad_clip,
-                                      autocast=self._autocast)
+        terms = self.model.train_step(batch, p.step, self.updater)
         with warnings.catch_warnings():
             # Schedules follow the trainer's step. An optimizer that skips steps (a GAN's generator
             # with d_steps > 1) keeps the same schedule; PyTorch would warn about that ordering.
@@ -240,7 +241,7 @@ class Trainer:
             torch.manual_seed(VALIDATION_SEED)
             for batch in BatchIterator(self.val_split, self.cfg.eval_batch_size, shuffle=False):
                 batch = batch.to(self.device)
-                with self._autocast():
+                with self.updater.autocast():
                     terms = self.model.validation_loss(batch)
                 for name, value in terms.items():
                     sums[name] += float(value) * len(batch.x)
@@ -248,11 +249,6 @@ class Trainer:
         return {name: total / len(self.val_split) for name, total in sums.items()}
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _reached_max_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps

@@ -15,7 +15,7 @@ def _split(n: int = 103) -> Split:
 
 
 def _labels(iterator: BatchIterator) -> list[torch.Tensor]:
-    return [batch.y for batch in iterator]
+    return [batch.label for batch in iterator]
 
 
 def test_every_index_once_per_epoch() -> None:
@@ -23,7 +23,7 @@ def test_every_index_once_per_epoch() -> None:
     iterator = BatchIterator(split, 10, shuffle=True, seed=1)
     batches = list(iterator)
     assert len(iterator) == len(batches) == 11 and [len(b) for b in batches][-1] == 3
-    labels = torch.cat([b.y for b in batches])
+    labels = torch.cat([b.label for b in batches])
     assert sorted(labels.tolist()) == list(range(103))
     assert torch.equal(torch.cat([b.x for b in batches]), split.images[labels])  # images match labels
 
@@ -56,7 +56,7 @@ def test_resume_at_start_batch_reproduces_the_run(start: int) -> None:
     assert len(resumed_iterator) == len(full) == 7
     assert len(resumed) == len(full) - start
     for a, b in zip(full[start:], resumed):
-        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert torch.equal(a.x, b.x) and torch.equal(a.label, b.label)
 
 
 def test_resume_at_end_and_bad_arguments() -> None:
@@ -73,7 +73,7 @@ def test_batches_are_copies_and_unlabelled_splits_work() -> None:
     split = Split(torch.rand(8, 1, 2, 2))
     before = split.images.clone()
     for batch in BatchIterator(split, 3, shuffle=False):
-        assert batch.y is None
+        assert batch.label is None
         batch.x.zero_()
     assert torch.equal(split.images, before)
 
@@ -81,8 +81,8 @@ def test_batches_are_copies_and_unlabelled_splits_work() -> None:
 def test_batch_to_device() -> None:
     batch = Batch(torch.zeros(2, 1, 3, 3), torch.tensor([0, 1]))
     moved = batch.to("cpu")
-    assert moved.x.device.type == "cpu" and torch.equal(moved.y, batch.y)
-    assert Batch(torch.zeros(2, 1, 3, 3)).to("cpu").y is None
+    assert moved.x.device.type == "cpu" and torch.equal(moved.label, batch.label)
+    assert Batch(torch.zeros(2, 1, 3, 3)).to("cpu").label is None
 
 
 def test_derive_seed_tells_tuples_apart() -> None:

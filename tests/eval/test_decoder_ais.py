@@ -16,10 +16,10 @@ from torch import nn
 
 from linear_gaussian import exact_log_prob, make_linear_gaussian_vae, sample_data
 from vaelab.data.datasets import Split
-from vaelab.distributions import standard_normal_log_prob
+from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, standard_normal_log_prob
 from vaelab.errors import VaelabError
-from vaelab.eval.decoder_ais import (ais_log_likelihood, annealing_schedule, bernoulli_log_prob, choose_sigma,
-                                     decoder_ais, gaussian_log_prob, hmc_sample, latent_model_for,
+from vaelab.eval.decoder_ais import (LatentModel, ais_log_likelihood, annealing_schedule,
+                                     choose_sigma, decoder_ais, hmc_sample, latent_model_for,
                                      prior_importance_log_likelihood)
 from vaelab.models.ae import AE, AEConfig
 from vaelab.models.cvae import CVAE, CVAEConfig
@@ -145,7 +145,7 @@ def test_gan_gaussian_observation_matches_quadrature():
     x = gan_data(model, 6, sigma)
     exact = gan_exact(model, x, sigma, 2)
     latent_model = latent_model_for(model, sigma=sigma)
-    assert latent_model.observation.startswith("gaussian sigma=0.15 around G(z)")
+    assert latent_model.observation.startswith("gaussian sigma=0.15, mean = sigmoid(decoder output)")
     log_px, stderr, _ = ais_log_likelihood(latent_model, x, generator=gen(2), **TEST_AIS)
     check_against_exact(log_px, stderr, exact)
 
@@ -167,14 +167,14 @@ def test_ae_with_fitted_mixture_matches_quadrature(cost):
     model = make_ae(cost)
     generator = gen(3)
     with torch.no_grad():
-        decoded = model.decode(model.sample_latent(6, generator))  # (6, 1, 3, 3)
+        decoded = model.decode(model.sample_prior(6, generator))  # (6, 1, 3, 3)
     if cost == "bce":
         x = (torch.rand(decoded.shape, generator=generator, dtype=torch.float64) < torch.sigmoid(decoded)).double()
-        observe = bernoulli_log_prob
+        observe = BernoulliLikelihood().log_prob
     else:
         x = decoded + sigma * torch.randn(decoded.shape, generator=generator, dtype=torch.float64)
         observe = lambda x, decoded: torch.distributions.Normal(decoded, sigma).log_prob(x).flatten(2).sum(-1)
-    exact = quadrature_log_px(model.log_prob_latent, lambda x, h: observe(x, model.decode(h)), x, 1,
+    exact = quadrature_log_px(model.log_prior, lambda x, h: observe(x, model.decode(h)), x, 1,
                               low=-20.0, high=20.0, points=8001)
     latent_model = latent_model_for(model, sigma=sigma)
     assert ("bernoulli" if cost == "bce" else "gaussian sigma=0.4") in latent_model.observation
@@ -236,14 +236,47 @@ def test_one_annealing_step_is_importance_sampling_from_the_prior():
     model = make_vae(1)
     x = binary_data(model, 5)
     latent_model = latent_model_for(model)
-    log_px, stderr, _ = ais_log_likelihood(latent_model, x, num_steps=1, num_chains=50, generator=gen(9))
+    log_px, stderr, diagnostics = ais_log_likelihood(latent_model, x, num_steps=1, num_chains=50, generator=gen(9))
     z = latent_model.sample_prior(50 * 5, gen(9)).view(50, 5, 1)  # the same draws, chain k of example b at k*B + b
     log_w = model.log_likelihood(x, z).detach()
+    assert torch.allclose(diagnostics["log_weights"], log_w, atol=1e-10)
     assert torch.allclose(log_px, torch.logsumexp(log_w, 0) - math.log(50), atol=1e-10)
     w = torch.exp(log_w - log_px)
     assert torch.allclose(stderr, w.std(0) / math.sqrt(50), atol=1e-10)
+    ess = w.sum(0) ** 2 / w.pow(2).sum(0)  # (sum w)^2 / sum w^2 of these weights, per example
+    assert torch.allclose(diagnostics["ess"], ess, rtol=1e-9)
+    assert ((ess > 1.5) & (ess < 48)).all(), ess  # neither equal weights nor one dominant chain
     same = prior_importance_log_likelihood(latent_model, x, num_samples=50, generator=gen(9))
     assert torch.allclose(same, log_px, atol=1e-10)
+
+
+def test_effective_sample_size_of_designed_weights():
+    """With one annealing step the log-weights are log p(x|z_0) of the prior draws. Chain k starts at
+    z = k and log p(x|z) = -lambda z, lambda the first pixel of x, so w_k = r^k with r = e^-lambda and
+    ESS = (sum_k r^k)^2 / sum_k r^2k: K for lambda = 0, about 1 for a large lambda."""
+    chains = 8
+
+    def sample_prior(n, generator=None):  # row k * B + b is chain k of example b
+        return (torch.arange(n, dtype=torch.float64) // (n // chains))[:, None]
+
+    def log_likelihood(x, z, labels=None):
+        return -z[..., 0] * x[:, 0, 0, 0]  # (K, B)
+
+    latent_model = LatentModel(1, standard_normal_log_prob, sample_prior, log_likelihood, "designed")
+    lambdas = [0.0, math.log(2.0), 0.1, 50.0]
+    x = torch.tensor(lambdas, dtype=torch.float64).view(4, 1, 1, 1)
+    log_px, _, diagnostics = ais_log_likelihood(latent_model, x, num_steps=1, num_chains=chains)
+    k = torch.arange(chains, dtype=torch.float64)
+    for b, lam in enumerate(lambdas):
+        w = torch.exp(-lam * k)
+        assert torch.allclose(diagnostics["log_weights"][:, b], -lam * k, atol=1e-12)
+        expected = (w.sum() ** 2 / w.pow(2).sum()).item()
+        assert diagnostics["ess"][b].item() == pytest.approx(expected, rel=1e-9), (lam, expected)
+        assert log_px[b].item() == pytest.approx(math.log(w.mean().item()), abs=1e-12)
+    r = 0.5  # lambda = log 2: (sum r^k)^2 / sum r^2k in closed form
+    closed = ((1 - r**chains) / (1 - r)) ** 2 / ((1 - r ** (2 * chains)) / (1 - r**2))
+    assert closed == pytest.approx(2.97665, abs=1e-5)
+    assert diagnostics["ess"].tolist() == pytest.approx([chains, closed, 7.60531, 1.0], abs=1e-5)
 
 
 def test_hmc_converges_to_the_exact_gaussian_posterior():
@@ -309,7 +342,8 @@ def test_choose_sigma_finds_the_noise_the_data_was_made_with(method):
 
 
 def test_observation_models_and_their_errors():
-    assert gaussian_log_prob(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 1, 2), 1.0).item() == pytest.approx(
+    unit = GaussianLikelihood(fixed_std=1.0, sigmoid_mean=False)
+    assert unit.log_prob(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 1, 2)).item() == pytest.approx(
         -math.log(2 * math.pi))
     vae, gan, ae_mse = make_vae(1), make_gan(), make_ae("mse")
     with pytest.raises(VaelabError, match="sigma"):
@@ -318,10 +352,13 @@ def test_observation_models_and_their_errors():
         latent_model_for(ae_mse)
     with pytest.raises(VaelabError, match="logits"):
         latent_model_for(ae_mse, observation="bernoulli")
-    with pytest.raises(VaelabError, match="own"):
-        latent_model_for(vae, sigma=0.1)
-    with pytest.raises(VaelabError, match="own"):
+    # a Bernoulli VAE can be scored under a Gaussian around its decoder mean, given a sigma
+    assert latent_model_for(vae, sigma=0.1).observation.startswith("gaussian sigma=0.1, mean = sigmoid")
+    with pytest.raises(VaelabError, match="sigma"):
         latent_model_for(vae, observation="gaussian")
+    learned = VAE(VAEConfig(hidden=(8,), latent_dim=1, likelihood="gaussian", variance="learned"), (1, 3, 3))
+    with pytest.raises(VaelabError, match="own"):
+        latent_model_for(learned, sigma=0.1)
     assert latent_model_for(gan, observation="bernoulli").observation.startswith("bernoulli")
     x = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
     with pytest.raises(VaelabError, match="not class-conditional"):
@@ -329,5 +366,5 @@ def test_observation_models_and_their_errors():
     cvae = CVAE(CVAEConfig(hidden=(8,), latent_dim=1), (1, 3, 3), num_classes=3).double()
     with pytest.raises(VaelabError, match="labels"):
         ais_log_likelihood(latent_model_for(cvae), x, num_steps=2)
-    with pytest.raises(VaelabError, match="not a"):
+    with pytest.raises(VaelabError, match="does not apply to model Linear: it has no latent decoder"):
         latent_model_for(nn.Linear(2, 2))

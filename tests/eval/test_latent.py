@@ -33,7 +33,7 @@ def hand_set_vae(mu: np.ndarray, log_var: np.ndarray) -> tuple[VAE, Split]:
     mu[n] in row 0 and log_var[n] in row 1, so encode is exact and independent of batching."""
     dim = mu.shape[1]
     model = VAE(VAEConfig(hidden=(4,), latent_dim=dim), (1, 2, dim))
-    model.encode = lambda x: (x[:, 0, 0, :], x[:, 0, 1, :])
+    model.encode = lambda x, label=None: (x[:, 0, 0, :], x[:, 0, 1, :])
     images = torch.from_numpy(np.stack([mu, log_var], axis=1)[:, None]).float()  # (N, 1, 2, D)
     return model, Split(images)
 

@@ -116,6 +116,10 @@ class BoxModel(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))
         self.conditional, self.num_classes, self.labels = conditional, num_classes, []
 
+    @property
+    def device(self):
+        return self.anchor.device
+
     def sample(self, n, generator=None, label=None, **kwargs):
         if self.conditional:
             self.labels.append(label.clone())

@@ -162,7 +162,12 @@ def test_estimate_settings_and_seeding():
     s = a.settings
     assert s["num_runs"] == 30 and s["num_steps"] == 30 and s["seed"] == 11
     assert "0.5->0.9" in s["schedule"] and s["log_z_base"] == pytest.approx(18 * math.log(2))
-    assert 1 <= s["effective_sample_size"] <= 30
+    # the effective sample size of these very weights (the same generator seed redraws them)
+    log_w = ais_log_weights(rbm, torch.zeros(10), ais_schedule(30), 30, generator(11))
+    w = torch.exp(log_w - log_w.max())
+    ess = (w.sum() ** 2 / w.pow(2).sum()).item()
+    assert s["effective_sample_size"] == pytest.approx(ess, rel=1e-9)
+    assert 2 < ess < 29  # weights neither equal nor dominated by one run
     low, high = s["log_z_3sd_interval"]
     assert low < a.value < high
     assert rbm_log_partition_ais(rbm, num_runs=5, betas=[0.0, 0.2, 1.0]).settings["num_steps"] == 2
@@ -170,6 +175,33 @@ def test_estimate_settings_and_seeding():
         rbm_log_partition_ais(rbm, num_runs=5, betas=[0.1, 1.0])
     with pytest.raises(VaelabError):
         rbm_log_partition_ais(rbm, torch.zeros(9), num_runs=5, num_steps=5)
+
+
+def test_effective_sample_size_of_two_valued_weights():
+    """One visible unit of bias log 3, no weights, a uniform base and one step (betas 0, 1): every
+    log-weight is b v = 0 or log 3 for v ~ Bernoulli(1/2), so with n1 runs at v = 1 of K,
+    Z_hat / Z_A = (n0 + 3 n1) / K and ESS = (n0 + 3 n1)^2 / (n0 + 9 n1), strictly between 1 and K."""
+    rbm = RBM(RBMConfig(num_hidden=2), (1, 1, 1))
+    with torch.no_grad():
+        rbm.weight.zero_()
+        rbm.hidden_bias.zero_()
+        rbm.visible_bias.fill_(math.log(3.0))
+    runs = 40
+    estimate = rbm_log_partition_ais(rbm, torch.zeros(1), num_runs=runs, betas=[0.0, 1.0], generator=generator(3))
+    log_w = ais_log_weights(rbm, torch.zeros(1), [0.0, 1.0], runs, generator(3))
+    on = (log_w - math.log(3.0)).abs() < 1e-6
+    assert bool((on | (log_w.abs() < 1e-6)).all())  # each weight is 1 or 3
+    n1 = int(on.sum())
+    n0 = runs - n1
+    assert 10 < n1 < 30
+    ess = (n0 + 3 * n1) ** 2 / (n0 + 9 * n1)
+    assert 1 < ess < runs
+    assert estimate.settings["effective_sample_size"] == pytest.approx(ess, rel=1e-6)
+    log_z_base = math.log(2.0) + 2 * math.log(2.0)  # softplus(0) for the visible unit, log 2 per hidden unit
+    assert estimate.value == pytest.approx(log_z_base + math.log((n0 + 3 * n1) / runs), abs=1e-6)
+    # equal weights (the target is the base model): ESS = K exactly
+    rbm_log_z = rbm_log_partition_ais(rbm, rbm.visible_bias.detach().clone(), num_runs=runs, betas=[0.0, 1.0])
+    assert rbm_log_z.settings["effective_sample_size"] == pytest.approx(runs, rel=1e-9)
 
 
 # -- the log-likelihood ------------------------------------------------------------------------

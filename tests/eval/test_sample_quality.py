@@ -88,8 +88,48 @@ def test_matches_scipy_sqrtm_in_ten_dimensions():
     expected = np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root.real)
     fa, fb = with_exact_moments(mu_a, s_a, seed=10), with_exact_moments(mu_b, s_b, seed=11)
     assert frechet_distance(fa, fb) == pytest.approx(expected, abs=1e-6)
-    # a singular covariance (fewer points than dimensions) still gives a finite, non-negative value
-    assert frechet_distance(fa[:5], fb[:5]) >= 0
+    # a singular covariance (fewer points than dimensions) gives the low-rank closed form
+    assert frechet_distance(fa[:5], fb[:5]) == pytest.approx(low_rank_closed_form(fa[:5], fb[:5]), abs=1e-6)
+
+
+def low_rank_closed_form(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Frechet distance of two feature sets without any matrix square root: with S_a = A A^T and
+    S_b = B B^T (A = centred a^T / sqrt(N_a - 1)), Tr((S_a S_b)^{1/2}) is the sum of the singular
+    values of A^T B (the eigenvalues of S_a S_b are those of A^T B B^T A), exact at any rank."""
+    a, b = a.double().numpy(), b.double().numpy()
+    root_a = (a - a.mean(0)).T / math.sqrt(len(a) - 1)  # (F, N_a)
+    root_b = (b - b.mean(0)).T / math.sqrt(len(b) - 1)
+    trace_sqrt = np.linalg.svd(root_a.T @ root_b, compute_uv=False).sum()
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(root_a**2) + np.sum(root_b**2) - 2 * trace_sqrt)
+
+
+def test_a_translation_adds_exactly_the_squared_shift():
+    """d(x, x + c) = ||c||^2: equal covariances cancel. Unlike d(x, x) = 0, this value lies far from
+    the clamp at 0, so an error in the covariance terms of either sign shows; ||c||^2 < Tr S here, so
+    even a dropped trace term (which the clamp would turn into 0) is caught."""
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(20), dtype=torch.float64) * 2 + 1
+    c = torch.tensor([0.5, -1.0, 0.0, 2.0, -0.25, 0.75], dtype=torch.float64)
+    shift = (c**2).sum().item()  # 5.875
+    assert shift < torch.cov(x.T).trace().item()
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(x, x + c) == pytest.approx(shift, abs=1e-9)
+    assert frechet_distance(x - c, x) == pytest.approx(shift, abs=1e-9)
+    assert frechet_distance(x[:4], x[:4] + c) == pytest.approx(shift, abs=1e-6)  # rank 3 of 6
+    s = random_spd(6, 21)
+    assert gaussian_frechet_distance(np.ones(6), s, np.ones(6) + c.numpy(), s) == pytest.approx(shift, abs=1e-9)
+    assert gaussian_frechet_distance(np.ones(6), s, np.ones(6), s) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_diagonal_gaussians_have_the_closed_form_exactly():
+    # ||dmu||^2 + sum_i (sqrt a_i - sqrt b_i)^2 for diagonal covariances
+    a, b = np.array([4.0, 1.0, 0.25, 2.0]), np.array([1.0, 9.0, 0.25, 0.5])
+    mu_a, mu_b = np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 5.0, 0.5])
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # 5.25 + 1 + 4 + 0 + 0.5
+    assert expected == pytest.approx(10.75, abs=1e-12)
+    assert gaussian_frechet_distance(mu_a, np.diag(a), mu_b, np.diag(b)) == pytest.approx(expected, abs=1e-9)
+    assert gaussian_frechet_distance(mu_a, np.diag(b), mu_b, np.diag(a)) == pytest.approx(expected, abs=1e-9)
+    # equal means: only the covariance term, (1 - sqrt 4)^2 Tr S = Tr S for S_b = 4 S_a
+    assert gaussian_frechet_distance(mu_a, np.diag(a), mu_a, np.diag(4 * a)) == pytest.approx(a.sum(), abs=1e-9)
 
 
 def test_large_gaussian_samples_approach_the_closed_form_and_the_bootstrap_spread_is_right():
@@ -235,6 +275,10 @@ class ReplayModel(torch.nn.Module):
         self.conditional, self.num_classes, self.flip_every = conditional, num_classes, flip_every
         self.position, self.labels_seen, self.generators = 0, [], []
         self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.weight.device
 
     def sample(self, num_samples, generator=None, label=None, **kwargs):
         self.generators.append(generator)

@@ -107,10 +107,10 @@ def test_density_buffers_are_shaped_from_the_config_before_fitting():
     assert {"density_weights", "density_means", "density_scale_tril", "density_fitted"} <= set(gaussian.state_dict())
 
 
-@pytest.mark.parametrize("method", ["sample", "log_prob_latent"])
+@pytest.mark.parametrize("method", ["sample", "log_prior"])
 def test_sampling_before_fitting_is_a_clear_error(method):
     model = make_ae()
-    call = (lambda: model.sample(2)) if method == "sample" else (lambda: model.log_prob_latent(torch.zeros(2, 3)))
+    call = (lambda: model.sample(2)) if method == "sample" else (lambda: model.log_prior(torch.zeros(2, 3)))
     with pytest.raises(VaelabError, match="no fitted latent density.*after_training"):
         call()
 
@@ -132,7 +132,7 @@ def test_gaussian_density_is_numpy_mean_and_covariance_of_the_training_codes(mon
     # log p(h) is that Gaussian's density
     h = torch.randn(6, LATENT_DIM, generator=torch.Generator().manual_seed(0))
     expected = multivariate_normal(mean, covariance).logpdf(h.double().numpy())
-    np.testing.assert_allclose(model.log_prob_latent(h).numpy(), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(model.log_prior(h).numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_gmm_density_matches_scikit_learn():
@@ -149,15 +149,15 @@ def test_gmm_density_matches_scikit_learn():
     np.testing.assert_allclose((scale @ scale.transpose(1, 2)).numpy(), reference.covariances_,
                                rtol=1e-4, atol=1e-6)
     points = np.concatenate([codes, codes.mean(0) + 2 * codes.std(0) * np.random.default_rng(0).normal(size=(8, 3))])
-    np.testing.assert_allclose(model.log_prob_latent(torch.tensor(points, dtype=torch.float32)).numpy(),
+    np.testing.assert_allclose(model.log_prior(torch.tensor(points, dtype=torch.float32)).numpy(),
                                reference.score_samples(points), rtol=1e-4, atol=1e-3)
 
 
-def test_log_prob_latent_is_differentiable_and_batched():
+def test_log_prior_is_differentiable_and_batched():
     model = make_ae(latent_density="gmm", gmm_components=2).eval()
     model.after_training(Split(make_images(n=20)))
     h = torch.zeros(4, 5, LATENT_DIM, requires_grad=True)  # (S, B, D): the AIS chains' shape
-    log_p = model.log_prob_latent(h)
+    log_p = model.log_prior(h)
     assert log_p.shape == (4, 5)
     log_p.sum().backward()
     assert h.grad is not None and torch.isfinite(h.grad).all()
@@ -197,7 +197,7 @@ def test_latent_samples_follow_the_fitted_mixture():
     means = np.array([[-4.0, 0.0, 1.0], [3.0, 2.0, -1.0]])
     covariances = np.stack([np.diag([1.0, 0.5, 2.0]), [[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]]])
     model.set_latent_density(weights, means, covariances)
-    h = model.sample_latent(40000, generator=torch.Generator().manual_seed(0)).double().numpy()
+    h = model.sample_prior(40000, generator=torch.Generator().manual_seed(0)).double().numpy()
     first = h[:, 0] < -0.5  # the components are well apart along the first axis
     assert abs(first.mean() - 0.3) < 0.01
     for part, k in [(h[first], 0), (h[~first], 1)]:

@@ -104,7 +104,7 @@ def test_missing_labels_are_a_config_error():
     model = make_cvae()
     with pytest.raises(VaelabError, match="labelled batches"):
         model.loss(Batch(make_batch().x))
-    with pytest.raises(VaelabError, match="y="):
+    with pytest.raises(VaelabError, match="label="):
         model.encode(make_batch().x)
 
 
@@ -112,25 +112,25 @@ def test_missing_labels_are_a_config_error():
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_shapes(architecture, likelihood):
     model, batch = make_cvae(architecture, likelihood), make_batch(likelihood)
-    mu, log_var = model.encode(batch.x, batch.y)
+    mu, log_var = model.encode(batch.x, batch.label)
     assert mu.shape == log_var.shape == (BATCH, LATENT_DIM)
     params = 2 if likelihood == "gaussian_learned" else 1
     z = model.reparameterize(mu, log_var, num_samples=4)  # (4, B, D)
-    assert model.decode(mu, batch.y).shape == (BATCH, params, 6, 6)
-    assert model.decode(z, batch.y).shape == (4, BATCH, params, 6, 6)
-    assert model.log_likelihood(batch.x, z, batch.y).shape == (4, BATCH)
-    assert model.log_weights(batch.x, 5, y=batch.y).shape == (5, BATCH)
-    assert model.iw_bound(batch.x, 5, y=batch.y).shape == (BATCH,)
-    reconstructions = model.reconstruct(batch.x, batch.y)
+    assert model.decode(mu, batch.label).shape == (BATCH, params, 6, 6)
+    assert model.decode(z, batch.label).shape == (4, BATCH, params, 6, 6)
+    assert model.log_likelihood(batch.x, z, batch.label).shape == (4, BATCH)
+    assert model.log_weights(batch.x, 5, label=batch.label).shape == (5, BATCH)
+    assert model.iw_bound(batch.x, 5, label=batch.label).shape == (BATCH,)
+    reconstructions = model.reconstruct(batch.x, batch.label)
     assert reconstructions.shape == batch.x.shape and 0 <= reconstructions.min() <= reconstructions.max() <= 1
 
 
 def test_conv_encoder_sees_the_label_as_constant_channels():
     model, batch = make_cvae("conv"), make_batch()
-    inputs = model._encoder_input(batch.x, batch.y)  # (B, C + K, H, W)
+    inputs = model.encoder_input(batch.x, batch.label)  # (B, C + K, H, W)
     assert inputs.shape == (BATCH, 1 + CLASSES, 6, 6)
     assert torch.equal(inputs[:, :1], batch.x)
-    expected = F.one_hot(batch.y, CLASSES).float()[:, :, None, None].expand(-1, -1, 6, 6)
+    expected = F.one_hot(batch.label, CLASSES).float()[:, :, None, None].expand(-1, -1, 6, 6)
     assert torch.equal(inputs[:, 1:], expected)
 
 
@@ -140,13 +140,13 @@ def test_conv_encoder_sees_the_label_as_constant_channels():
 def test_the_label_changes_both_networks_unless_its_weights_are_zero(architecture):
     model, batch = make_cvae(architecture), make_batch()
     z = torch.randn(BATCH, LATENT_DIM, generator=torch.Generator().manual_seed(0))
-    other = (batch.y + 1) % CLASSES
+    other = (batch.label + 1) % CLASSES
     with torch.no_grad():
-        assert not torch.allclose(model.decode(z, batch.y), model.decode(z, other))
-        assert not torch.allclose(model.encode(batch.x, batch.y)[0], model.encode(batch.x, other)[0])
+        assert not torch.allclose(model.decode(z, batch.label), model.decode(z, other))
+        assert not torch.allclose(model.encode(batch.x, batch.label)[0], model.encode(batch.x, other)[0])
         zero_label_weights(model)
-        assert torch.equal(model.decode(z, batch.y), model.decode(z, other))
-        assert torch.equal(model.encode(batch.x, batch.y)[0], model.encode(batch.x, other)[0])
+        assert torch.equal(model.decode(z, batch.label), model.decode(z, other))
+        assert torch.equal(model.encode(batch.x, batch.label)[0], model.encode(batch.x, other)[0])
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -176,7 +176,7 @@ def test_with_label_weights_zeroed_it_is_exactly_the_vae(architecture, likelihoo
         for name, value in cvae.loss(batch, step=step).items():
             same(value, expected[name])
     with torch.no_grad():
-        same(cvae.iw_bound(batch.x, 7, torch.Generator().manual_seed(2), y=batch.y),
+        same(cvae.iw_bound(batch.x, 7, torch.Generator().manual_seed(2), label=batch.label),
              vae.iw_bound(batch.x, 7, torch.Generator().manual_seed(2)))
         iwae = make_cvae(architecture, likelihood, objective="iwae", k=4)
         iwae.load_state_dict(embedded)
@@ -208,7 +208,7 @@ def test_elbo_matches_a_hand_computation(architecture, likelihood):
     """With y fixed: ELBO = E_q(z|x,y)[log p(x|z,y)] - KL(q(z|x,y) || N(0, I)), the networks fed
     [x, one-hot y] and [z, one-hot y] by hand."""
     model, batch = make_cvae(architecture, likelihood), make_batch(likelihood)
-    x, y, samples = batch.x, batch.y, 4
+    x, y, samples = batch.x, batch.label, 4
     model.config.mc_samples = samples
     torch.manual_seed(7)
     terms = model.loss(batch)
@@ -238,12 +238,12 @@ def test_importance_weighted_bound_is_above_the_elbo_and_rises_with_k():
         model.posterior_head.bias[LATENT_DIM:] = 1.0  # a too-broad q: a visible gap to close
     batch = make_batch(n=1)
     copies = 400
-    x, y = batch.x.expand(copies, -1, -1, -1), batch.y.expand(copies)
+    x, y = batch.x.expand(copies, -1, -1, -1), batch.label.expand(copies)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        terms = model.elbo_terms(x, 1, generator, y=y)
+        terms = model.elbo_terms(x, 1, generator, label=y)
         elbo = (terms["reconstruction"] - terms["kl"]).mean().item()
-        bounds = {k: model.iw_bound(x, k, generator, y=y) for k in (1, 5, 50)}
+        bounds = {k: model.iw_bound(x, k, generator, label=y) for k in (1, 5, 50)}
     means = {k: value.mean().item() for k, value in bounds.items()}
     stderr = bounds[1].std().item() / math.sqrt(copies)
     assert abs(means[1] - elbo) < 4 * stderr  # L_1 is an unbiased estimate of the ELBO
@@ -398,9 +398,9 @@ def test_eval_through_the_cli_scores_with_the_labels(run, tmp_path):
     # the estimator fed the test labels to the model: the same number, computed here by hand
     model, run_config = vaelab.load(run), load_run_config(run)
     split = evaluation_split(load_data(run_config.data), run_config.data, "test")
-    terms = model.elbo_terms(split.images, 1, torch.Generator().manual_seed(0), y=split.labels)
+    terms = model.elbo_terms(split.images, 1, torch.Generator().manual_seed(0), label=split.labels)
     assert elbo == pytest.approx((terms["reconstruction"] - terms["kl"]).mean().item(), rel=1e-5)
-    wrong = model.elbo_terms(split.images, 1, torch.Generator().manual_seed(0), y=(split.labels + 1) % CLASSES)
+    wrong = model.elbo_terms(split.images, 1, torch.Generator().manual_seed(0), label=(split.labels + 1) % CLASSES)
     assert (wrong["reconstruction"] - wrong["kl"]).mean().item() != pytest.approx(elbo, rel=1e-5)
 
 
@@ -417,11 +417,11 @@ def test_sample_label_through_the_cli(run, tmp_path, capsys):
 
 def test_reconstruct_uses_the_labels():
     model, batch = make_cvae(), make_batch()
-    mu, _ = model.encode(batch.x, batch.y)
+    mu, _ = model.encode(batch.x, batch.label)
     with torch.no_grad():
-        expected = model.likelihood.mean(model.decode(mu, batch.y))
-    torch.testing.assert_close(model.reconstruct(batch.x, batch.y), expected)
-    with pytest.raises(VaelabError, match="y="):
+        expected = model.likelihood.mean(model.decode(mu, batch.label))
+    torch.testing.assert_close(model.reconstruct(batch.x, batch.label), expected)
+    with pytest.raises(VaelabError, match="label="):
         model.reconstruct(batch.x)
 
 

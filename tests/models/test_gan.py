@@ -18,7 +18,7 @@ from vaelab.config import TrainConfig
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.gan import GAN, GANConfig
-from vaelab.optim import build_optimizer
+from vaelab.optim import Updater, build_optimizer
 from vaelab.registry import MODELS
 
 IMAGE_SHAPE = (1, 6, 6)
@@ -98,7 +98,7 @@ def test_sample_is_g_of_z_in_eval_mode_and_leaves_the_model_as_it_was(architectu
     model = make_gan(architecture)
     optimizers = adam_pair(model)
     for step in range(3):  # move the BatchNorm running statistics away from their initial values
-        model.train_step(Batch(make_images(seed=step)), optimizers, step)
+        model.train_step(Batch(make_images(seed=step)), step, Updater(optimizers))
     state = copy.deepcopy(model.state_dict())
     samples = model.sample(6, generator=torch.Generator().manual_seed(4))
     assert model.training  # the mode is restored
@@ -145,7 +145,7 @@ def test_train_step_losses_are_those_of_algorithm_1(architecture):
     before = copy.deepcopy(model)
     x = make_images()
     torch.manual_seed(7)
-    terms = model.train_step(Batch(x), adam_pair(model), step=0)
+    terms = model.train_step(Batch(x), 0, Updater(adam_pair(model)))
     torch.manual_seed(7)
     z_d, z_g = torch.randn(BATCH, LATENT_DIM), torch.randn(BATCH, LATENT_DIM)
     expected = by_hand(before, x, z_d)
@@ -175,7 +175,7 @@ def test_the_discriminator_step_changes_only_d(architecture):
     model = make_gan(architecture)
     d_opt, _ = adam_pair(model)
     d_before, g_before = params(model.discriminator), params(model.generator)
-    model.discriminator_step(make_images(), d_opt)
+    model.discriminator_step(make_images(), Updater([d_opt, None]))
     assert changed(d_before, model.discriminator) == set(d_before)  # every tensor of D moved
     assert not changed(g_before, model.generator)
     assert all(p.grad is None for p in model.generator.parameters())
@@ -186,7 +186,7 @@ def test_the_generator_step_changes_only_g_and_leaves_no_gradient_in_d(architect
     model = make_gan(architecture)
     _, g_opt = adam_pair(model)
     d_before, g_before = params(model.discriminator), params(model.generator)
-    model.generator_step(BATCH, torch.device("cpu"), g_opt)
+    model.generator_step(BATCH, Updater([None, g_opt]))
     assert changed(g_before, model.generator) == set(g_before)
     assert not changed(d_before, model.discriminator)
     assert all(p.grad is None for p in model.discriminator.parameters())
@@ -200,7 +200,7 @@ def test_d_steps_updates_g_once_every_d_steps_steps():
     g_moved = []
     for step in range(6):
         g_before, d_before = params(model.generator), params(model.discriminator)
-        terms = model.train_step(Batch(make_images(seed=step)), optimizers, step)
+        terms = model.train_step(Batch(make_images(seed=step)), step, Updater(optimizers))
         g_moved.append(bool(changed(g_before, model.generator)))
         assert changed(d_before, model.discriminator)  # D moves every step
         assert set(terms) == {"loss", "d_loss", "g_loss", "d_real", "d_fake"}
@@ -212,9 +212,9 @@ def test_training_on_a_fixed_batch_makes_d_tell_real_from_fake():
     optimizers = adam_pair(model, lr=1e-2)
     x = (make_images(16) > 0.5).float()
     torch.manual_seed(0)
-    first = model.train_step(Batch(x), optimizers, 0)
+    first = model.train_step(Batch(x), 0, Updater(optimizers))
     for step in range(1, 15):
-        model.discriminator_step(x, optimizers[0])
+        model.discriminator_step(x, Updater(optimizers))
     torch.manual_seed(1)
     last = model.loss(Batch(x))
     assert last["d_loss"] < first["d_loss"] - 0.3 and last["d_real"] > last["d_fake"] + 0.2
@@ -246,9 +246,9 @@ def test_the_configured_betas_are_the_ones_adam_steps_with():
     ref_opt = torch.optim.Adam(reference.discriminator.parameters(), lr=1e-2, betas=(0.5, 0.999))
     for seed in range(2):
         torch.manual_seed(seed)
-        model.discriminator_step(make_images(seed=seed), d_opt)
+        model.discriminator_step(make_images(seed=seed), Updater([d_opt, None]))
         torch.manual_seed(seed)
-        reference.discriminator_step(make_images(seed=seed), ref_opt)
+        reference.discriminator_step(make_images(seed=seed), Updater([ref_opt, None]))
     assert same_tensors(model.state_dict(), reference.state_dict())
 
 
@@ -382,7 +382,7 @@ def test_a_tiny_gan_learns_both_of_two_patterns():
     assert (distance < 1.0).float().mean() < 0.05
     picks = torch.Generator().manual_seed(0)
     for step in range(400):
-        model.train_step(Batch(patterns[torch.randint(0, 2, (64,), generator=picks)]), optimizers, step)
+        model.train_step(Batch(patterns[torch.randint(0, 2, (64,), generator=picks)]), step, Updater(optimizers))
     distance, which = nearest(model.sample(1000, generator=torch.Generator().manual_seed(0)))
     assert (distance < 1.0).float().mean() > 0.85  # within RMS 0.25 a pixel of a pattern
     share = (which == 0).float().mean().item()

@@ -18,7 +18,7 @@ from vaelab.config import TrainConfig
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.rbm import RBM, RBMConfig, binary_states
-from vaelab.optim import build_optimizer
+from vaelab.optim import Updater, build_optimizer
 from vaelab.registry import MODELS
 
 SMALL_SHAPE = (1, 2, 3)  # 6 visible units
@@ -156,7 +156,7 @@ def test_pcd_chains_persist_across_updates():
         chains_before = model.persistent_chains.clone()
         weights_before = copy.deepcopy(model.state_dict())
         torch.manual_seed(step)
-        model.train_step(data, [optimizer], step)
+        model.train_step(data, step, Updater([optimizer]))
         # the update's particles were one sweep from where the previous update left the chains
         reference = copy.deepcopy(model)
         reference.load_state_dict(weights_before)
@@ -185,7 +185,7 @@ def test_train_step_reports_the_reconstruction_error_and_descends_the_gap():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     before = copy.deepcopy(model.state_dict())
     torch.manual_seed(1)
-    terms = model.train_step(Batch(x), [optimizer], step=0)
+    terms = model.train_step(Batch(x), 0, Updater([optimizer]))
     with torch.no_grad():
         reference = copy.deepcopy(model)
         reference.load_state_dict(before)
@@ -232,7 +232,7 @@ def test_training_on_three_patterns_raises_the_exact_likelihood_and_samples_repr
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     torch.manual_seed(0)
     for step in range(steps):
-        model.train_step(data, [optimizer], step)
+        model.train_step(data, step, Updater([optimizer]))
         schedule.step()
     final = exact_log_likelihood(copy.deepcopy(model))
     assert initial < -6.0  # about 9 log(1/2) = -6.24 at small weights

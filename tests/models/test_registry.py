@@ -6,7 +6,6 @@ Adding a model to the registry without a tiny config here fails `test_every_mode
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from vaelab.checkpoint import WEIGHTS_FILE
 from vaelab.cli import main
 from vaelab.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
 from vaelab.data.loader import Batch
-from vaelab.optim import build_optimizer
+from vaelab.optim import Updater, build_optimizer
 from vaelab.registry import MODELS
 
 # KEY=VALUE settings that make each model tiny (6x6 images, 3 classes, 5 steps an epoch).
@@ -49,7 +48,7 @@ def build(name: str):
 def tiny_batch(seed: int = 0) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     x = (torch.rand(8, *IMAGE_SHAPE, generator=generator) < 0.4).float()
-    return Batch(x=x, y=torch.randint(0, NUM_CLASSES, (8,), generator=generator))
+    return Batch(x=x, label=torch.randint(0, NUM_CLASSES, (8,), generator=generator))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_a_training_step_changes_the_weights(name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = model.make_optimizers(lambda params: build_optimizer(params, train_config))
     model.train()
-    terms = model.train_step(tiny_batch(), optimizers, step=0, autocast=contextlib.nullcontext)
+    terms = model.train_step(tiny_batch(), 0, Updater(optimizers))
     assert torch.isfinite(terms["loss"])
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "no parameter moved"

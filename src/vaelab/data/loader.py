@@ -37,12 +37,12 @@ class Batch:
     """One minibatch."""
 
     x: torch.Tensor  # (B, C, H, W)
-    y: torch.Tensor | None = None  # (B,) int64
+    label: torch.Tensor | None = None  # (B,) int64 class labels
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """This batch on `device`."""
-        y = None if self.y is None else self.y.to(device, non_blocking=non_blocking)
-        return Batch(self.x.to(device, non_blocking=non_blocking), y)
+        label = None if self.label is None else self.label.to(device, non_blocking=non_blocking)
+        return Batch(self.x.to(device, non_blocking=non_blocking), label)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -102,8 +102,8 @@ class BatchIterator:
         for b in range(self.start_batch, len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]  # (B,)
             x = self.split.images[index]  # (B, C, H, W), a copy: safe to modify
-            y = None if self.split.labels is None else self.split.labels[index]
+            label = None if self.split.labels is None else self.split.labels[index]
             if self.transform is not None:
                 generator = torch.Generator(device=device).manual_seed(derive_seed(self.seed, self.epoch, b))
                 x = self.transform(x, generator)
-            yield Batch(x, y)
+            yield Batch(x, label)

@@ -43,6 +43,7 @@ from vaelab.data import sources
 from vaelab.data.datasets import ImageDataset
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_write_bytes, atomic_write_json
+from vaelab.optim import Updater
 
 CACHE_SUBDIR = "classifiers"
 CACHE_FORMAT = 1  # bump when the architecture or the training recipe changes meaning
@@ -171,35 +172,37 @@ def train_classifier(dataset: ImageDataset, *, epochs: int = DEFAULT_EPOCHS, see
     if epochs < 1:
         raise VaelabError(f"epochs must be at least 1, got {epochs}")
     device = torch.device(device)
-    images, labels = dataset.train.images, dataset.train.labels.long()
-    shuffle = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # weights and dropout masks
         classifier = FeatureClassifier(architecture).to(device)
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-        steps = epochs * math.ceil(len(images) / batch_size)
-        cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))  # noqa: E731
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-        classifier.train()
-        with tqdm(total=steps, disable=not progress, desc="classifier", leave=False) as bar:
-            for _ in range(epochs):
-                order = torch.randperm(len(images), generator=shuffle)
-                for start in range(0, len(images), batch_size):
-                    index = order[start:start + batch_size]
-                    if len(index) < 2:  # batch norm needs two images (1x1 images, a last batch of one)
-                        continue
-                    x, y = images[index].to(device), labels[index].to(device)
-                    loss = F.cross_entropy(classifier(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    bar.update()
-                    if progress:
-                        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        _fit(classifier, dataset, epochs, torch.Generator().manual_seed(seed), batch_size, lr, progress)
     classifier.eval()
     test_labels = dataset.test.labels if dataset.test.labels is not None else torch.empty(0, dtype=torch.long)
     return classifier, accuracy(classifier, dataset.test.images, test_labels)
+
+
+def _fit(classifier: FeatureClassifier, dataset: ImageDataset, epochs: int, shuffle: torch.Generator,
+         batch_size: int, lr: float, progress: bool) -> None:
+    """Minimize the cross-entropy by Adam with a cosine-decayed lr, through vaelab's one Updater."""
+    images, labels = dataset.train.images, dataset.train.labels.long()
+    device = next(classifier.parameters()).device
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    updater = Updater([optimizer])
+    classifier.train()
+    with tqdm(total=steps, disable=not progress, desc="classifier", leave=False) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=shuffle)
+            for index in order.split(batch_size):
+                if len(index) < 2:  # batch norm needs two images (1x1 images, a last batch of one)
+                    continue
+                loss = F.cross_entropy(classifier(images[index].to(device)), labels[index].to(device))
+                updater.minimize(loss)
+                schedule.step()
+                bar.update()
+                if progress:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 
 # -- the cache ---------------------------------------------------------------------------------

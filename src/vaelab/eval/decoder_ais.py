@@ -17,7 +17,8 @@ is a stochastic lower bound: E[log p_hat(x)] <= log p(x) by Jensen, with a gap t
 annealing gets slower (more steps) or K grows.
 
 Every model is seen through a `LatentModel` (prior, sampler, likelihood, and a line saying which
-observation model it is); `latent_model_for` builds one for the vaelab VAE, CVAE, AE, DAE and GAN.
+observation model it is); `latent_model_for` builds one for any model with the LatentDecoder
+capability (vaelab.models.capabilities): the VAE, CVAE, AE, DAE and GAN among the built-in ones.
 All examples x chains run as one (K, B, D) tensor; examples are processed in chunks of at most
 `max_rows` chains.
 """
@@ -30,17 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from vaelab import noise
 from vaelab.data.datasets import Split
-from vaelab.distributions import LOG_2PI, standard_normal_log_prob
+from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
-from vaelab.models.ae import AE
-from vaelab.models.gan import GAN, eval_mode
-from vaelab.models.vae import VAE
+from vaelab.eval.batches import evaluation_batches
+from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
+from vaelab.eval.likelihood import bound_of
+from vaelab.models.capabilities import LatentDecoder, require
+from vaelab.models.modes import eval_mode
 
 # Step-size adaptation of Wu et al.'s code (sampling/samplers.py, AISPath.build, and
 # algorithms/hmc.py, hmc_updates): after every transition the step grows by STEP_SIZE_INC when the
@@ -78,19 +79,31 @@ class LatentModel:
     conditional: bool = False
 
 
-# -- observation models ---------------------------------------------------------------------------
+# -- the LatentModel of any LatentDecoder -----------------------------------------------------------
 
-def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """sum over pixels of x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l):
-    x (B, C, H, W), logits (S, B, C, H, W) -> (S, B)."""
-    return (x * logits - F.softplus(logits)).flatten(start_dim=2).sum(-1)
+def observation_model(model: LatentDecoder, observation: str | None, sigma: float | None) -> Likelihood:
+    """The observation model p(x|z) decoder AIS scores with, on the model's decoder output.
 
-
-def gaussian_log_prob(x: Tensor, mean: Tensor, sigma: float) -> Tensor:
-    """log N(x; mean, sigma^2 I) summed over pixels: x (B, C, H, W), mean (S, B, C, H, W) -> (S, B)."""
-    squared = (x - mean).pow(2).flatten(start_dim=2).sum(-1)
-    pixels = x[0].numel()
-    return -0.5 * squared / sigma**2 - pixels * (math.log(sigma) + 0.5 * LOG_2PI)
+    observation=None: the model's own likelihood, or a Gaussian with `sigma` for a model that has
+    none (a GAN, a squared-error autoencoder). "gaussian": N(x; decoder mean, sigma^2 I), the mean
+    being sigmoid(output) for a logits decoder (Wu et al. 2017, section 3). "bernoulli": Bernoulli
+    on the decoder's logits (their 'binary' setting)."""
+    own = model.likelihood
+    if own is not None and sigma is None and observation in (None, own.kind):
+        return own
+    if observation in (None, "gaussian"):
+        if own is not None and own.params_per_pixel != 1:
+            raise VaelabError(f"a {type(model).__name__} with a learned variance is scored with its own likelihood")
+        return GaussianLikelihood(fixed_std=_check_sigma(sigma, f"a {type(model).__name__}"),
+                                  sigmoid_mean=model.decoder_output == "logits")
+    if observation == "bernoulli":
+        if sigma is not None:
+            raise VaelabError("sigma applies to the Gaussian observation model only")
+        if model.decoder_output != "logits" or (own is not None and own.params_per_pixel != 1):
+            raise VaelabError(f"a {type(model).__name__} decoder emits no logits: score it with observation="
+                              "'gaussian' and a sigma")
+        return BernoulliLikelihood()
+    raise VaelabError(f"observation must be 'bernoulli' or 'gaussian', got {observation!r}")
 
 
 def _check_sigma(sigma: float | None, who: str) -> float:
@@ -102,169 +115,53 @@ def _check_sigma(sigma: float | None, who: str) -> float:
     return float(sigma)
 
 
-def _no_labels(labels: Tensor | None) -> None:
-    if labels is not None:
+def _check_labels(model: LatentDecoder, labels: Tensor | None) -> None:
+    conditional = bool(getattr(model, "conditional", False))
+    if conditional and labels is None:
+        raise VaelabError(f"the {type(model).__name__} is class-conditional: pass the labels of x")
+    if not conditional and labels is not None:
         raise VaelabError("this model is not class-conditional: pass no labels")
 
 
-# -- adapters for the vaelab models ---------------------------------------------------------------
+def latent_model_for(model, observation: str | None = None, sigma: float | None = None) -> LatentModel:
+    """The LatentModel of any model with the LatentDecoder capability: its prior, its decoder and
+    the observation model of `observation_model`.
 
-def _standard_normal_sampler(latent_dim: int, device: torch.device, dtype: torch.dtype):
-    def sample_prior(n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, latent_dim, generator=generator, device=device, dtype=dtype)
-    return sample_prior
-
-
-def _vae_latent_model(model: VAE, observation: str | None, sigma: float | None) -> LatentModel:
-    """p(z) = N(0, I) and the VAE's (or CVAE's) own likelihood, Bernoulli or Gaussian."""
-    config = model.config
-    if observation not in (None, config.likelihood):
-        raise VaelabError(f"a {type(model).__name__} is scored with its own {config.likelihood} likelihood, "
-                          f"not {observation!r}")
-    if sigma is not None:
-        raise VaelabError(f"a {type(model).__name__} is scored with its own likelihood: sigma does not apply")
-    if config.likelihood == "bernoulli":
-        words = "bernoulli on the decoder's logits"
-    elif config.variance == "learned":
-        words = f"gaussian with the decoder's learned per-pixel sigma (min_std={config.min_std:g})"
-    else:
-        words = f"gaussian sigma={config.fixed_std:g} (the model's fixed sigma)"
-    if config.likelihood == "gaussian":
-        words += ", mean = sigmoid(decoder output)" if config.gaussian_mean == "sigmoid" else \
-            ", mean = decoder output"
-    weight = next(model.parameters())
-
-    if model.conditional:
-        def log_likelihood(x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
-            if labels is None:
-                raise VaelabError(f"the {type(model).__name__} is class-conditional: pass the labels of x")
-            return model.log_likelihood(x, z, y=labels)
-    else:
-        def log_likelihood(x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
-            _no_labels(labels)
-            return model.log_likelihood(x, z)
-
-    return LatentModel(config.latent_dim, standard_normal_log_prob,
-                       _standard_normal_sampler(config.latent_dim, weight.device, weight.dtype),
-                       log_likelihood, f"{words} (prior N(0, I))", conditional=model.conditional)
-
-
-def _whitening(model: AE) -> tuple[Tensor, Tensor]:
-    """Mean m (D,) and Cholesky factor C (D, D) of the fitted latent mixture's overall covariance
-    sum_k w_k (S_k + (mu_k - m)(mu_k - m)^T)."""
-    weights, means, scale_tril = model.density_weights, model.density_means, model.density_scale_tril
-    mean = weights @ means  # (D,)
-    centred = means - mean  # (K, D)
-    within = scale_tril @ scale_tril.transpose(-1, -2)  # (K, D, D)
-    covariance = (weights[:, None, None] * (within + centred[:, :, None] * centred[:, None, :])).sum(0)
-    return mean, torch.linalg.cholesky(covariance)
-
-
-def _ae_latent_model(model: AE, observation: str | None, sigma: float | None) -> LatentModel:
-    """The AE's (or DAE's) fitted latent density as the prior, and Bernoulli on the decoder's logits
-    (cost=bce) or N(decoder output, sigma^2 I) (cost=mse; or N(sigmoid(logits), sigma^2 I) when a
-    bce model is asked for observation="gaussian").
-
-    HMC runs on whitened codes u, h = m + C u, with m and C C^T the mean and covariance of the
-    fitted density, so that the step sizes fit whatever scale the codes have. The prior density of u
-    is p_h(m + C u) |det C|: the marginal p(x) is the same integral."""
-    model._require_density()
-    name = type(model).__name__
-    observation = observation or ("bernoulli" if model.config.cost == "bce" else "gaussian")
-    if observation == "bernoulli":
-        if model.config.cost != "bce":
-            raise VaelabError(f"a {name} trained with cost=mse has no logits: score it with observation="
-                              "'gaussian' and a sigma")
-        if sigma is not None:
-            raise VaelabError("sigma applies to the Gaussian observation model only")
-        words = "bernoulli on the decoder's logits"
-
-        def observe(x: Tensor, decoded: Tensor) -> Tensor:
-            return bernoulli_log_prob(x, decoded)
-    elif observation == "gaussian":
-        sigma = _check_sigma(sigma, f"a {name}")
-        if model.config.cost == "bce":
-            words = f"gaussian sigma={sigma:g} around sigmoid(decoder logits)"
-
-            def observe(x: Tensor, decoded: Tensor) -> Tensor:
-                return gaussian_log_prob(x, torch.sigmoid(decoded), sigma)
-        else:
-            words = f"gaussian sigma={sigma:g} around the decoder's output"
-
-            def observe(x: Tensor, decoded: Tensor) -> Tensor:
-                return gaussian_log_prob(x, decoded, sigma)
-    else:
-        raise VaelabError(f"observation must be 'bernoulli' or 'gaussian' for a {name}, got {observation!r}")
-
-    mean, scale = _whitening(model)
-    log_det = torch.log(torch.diagonal(scale)).sum()
-
-    def to_code(u: Tensor) -> Tensor:  # (..., D) -> h (..., D)
-        return mean + u @ scale.T
+    When the model gives its prior's moments (an autoencoder's fitted density), AIS runs on
+    whitened coordinates u, z = m + C u, with m and C C^T the prior's mean and covariance, so that
+    the HMC step sizes fit whatever scale the latent has; the prior density of u is
+    p_z(m + C u) |det C|, and the marginal p(x) is the same integral."""
+    require(model, LatentDecoder, "decoder_ais")
+    likelihood = observation_model(model, observation, sigma)
+    moments = model.prior_moments()
+    to_latent, log_det, from_latent = _preconditioning(moments)
 
     def log_prior(u: Tensor) -> Tensor:
-        return model.log_prob_latent(to_code(u)) + log_det
+        return model.log_prior(to_latent(u)) + log_det
 
     def sample_prior(n: int, generator: torch.Generator | None = None) -> Tensor:
-        centred = (model.sample_latent(n, generator) - mean).T  # (D, n)
-        return torch.linalg.solve_triangular(scale, centred, upper=False).T  # (n, D)
+        return from_latent(model.sample_prior(n, generator))
 
     def log_likelihood(x: Tensor, u: Tensor, labels: Tensor | None = None) -> Tensor:
-        _no_labels(labels)
-        return observe(x, model.decode(to_code(u)))
+        _check_labels(model, labels)
+        return likelihood.log_prob(x, model.decode(to_latent(u), labels))
 
-    density = model.config.latent_density + (f" ({model.config.gmm_components} components)"
-                                             if model.config.latent_density == "gmm" else "")
-    return LatentModel(model.config.latent_dim, log_prior, sample_prior, log_likelihood,
-                       f"{words} (prior: the fitted {density} latent density, whitened)")
-
-
-def _gan_latent_model(model: GAN, observation: str | None, sigma: float | None) -> LatentModel:
-    """p(z) = N(0, I) and N(x; G(z), sigma^2 I) (Wu et al. 2017, section 3), or Bernoulli with
-    probabilities G(z) for binary data (their 'binary' setting). G runs in eval mode (BatchNorm
-    running statistics)."""
-    observation = observation or "gaussian"
-    if observation == "gaussian":
-        sigma = _check_sigma(sigma, "a GAN")
-        words = f"gaussian sigma={sigma:g} around G(z)"
-    elif observation == "bernoulli":
-        if sigma is not None:
-            raise VaelabError("sigma applies to the Gaussian observation model only")
-        words = "bernoulli with probabilities G(z)"
-    else:
-        raise VaelabError(f"observation must be 'gaussian' or 'bernoulli' for a GAN, got {observation!r}")
-
-    def log_likelihood(x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        _no_labels(labels)
-        with eval_mode(model.generator):
-            logits = model.generator(z.reshape(-1, z.shape[-1]))  # G(z) = sigmoid(logits)
-        logits = logits.view(*z.shape[:-1], *logits.shape[1:])  # (S, B, C, H, W)
-        if observation == "bernoulli":
-            return bernoulli_log_prob(x, logits)
-        return gaussian_log_prob(x, torch.sigmoid(logits), sigma)
-
-    weight = next(model.parameters())
-    dim = model.config.latent_dim
-    return LatentModel(dim, standard_normal_log_prob, _standard_normal_sampler(dim, weight.device, weight.dtype),
-                       log_likelihood, f"{words} (prior N(0, I))")
+    prior = "N(0, I)" if moments is None else "the model's latent density, whitened"
+    return LatentModel(model.latent_dim, log_prior, sample_prior, log_likelihood,
+                       f"{likelihood.description} (prior: {prior})", conditional=bool(model.conditional))
 
 
-def latent_model_for(model, observation: str | None = None, sigma: float | None = None) -> LatentModel:
-    """The LatentModel of a vaelab VAE, CVAE, AE, DAE or GAN.
+def _preconditioning(moments: tuple[Tensor, Tensor] | None):
+    """(u -> z, log |det C|, z -> u) for z = m + C u; the identity when moments is None."""
+    if moments is None:
+        return (lambda u: u), 0.0, (lambda z: z)
+    mean, scale = moments
+    log_det = torch.log(torch.diagonal(scale)).sum()
 
-    VAE/CVAE: prior N(0, I) and the model's own likelihood (observation must be None or match it;
-        sigma does not apply). A CVAE's labels are passed with x to ais_log_likelihood.
-    AE/DAE: prior = the fitted latent density; Bernoulli on the logits for cost=bce (the default),
-        Gaussian N(output, sigma^2) for cost=mse (sigma required).
-    GAN: prior N(0, I) and N(x; G(z), sigma^2 I) (sigma required), or observation="bernoulli".
-    """
-    if isinstance(model, VAE):  # CVAE included
-        return _vae_latent_model(model, observation, sigma)
-    if isinstance(model, AE):  # DAE included
-        return _ae_latent_model(model, observation, sigma)
-    if isinstance(model, GAN):
-        return _gan_latent_model(model, observation, sigma)
-    raise VaelabError(f"decoder AIS applies to the vae, cvae, ae, dae and gan, not a {type(model).__name__}")
+    def whiten(z: Tensor) -> Tensor:  # (n, D) -> (n, D)
+        return torch.linalg.solve_triangular(scale, (z - mean).T, upper=False).T
+
+    return (lambda u: mean + u @ scale.T), log_det, whiten
 
 
 # -- annealing schedule ---------------------------------------------------------------------------
@@ -326,7 +223,7 @@ def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: f
     step_size (B,) (one per example), Metropolis accept/reject on H = U(z) + |p|^2 / 2.
     Returns the new point and the acceptances (K, B) bool."""
     eps = step_size[None, :, None].to(point.z.dtype)  # (1, B, 1)
-    momentum0 = torch.randn(point.z.shape, generator=generator, device=point.z.device, dtype=point.z.dtype)
+    momentum0 = noise.normal(point.z.shape, generator, like=point.z)
     momentum = momentum0 - 0.5 * eps * point.energy_grad(beta)  # half step
     z = point.z + eps * momentum
     for _ in range(leapfrog_steps - 1):
@@ -338,7 +235,7 @@ def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: f
 
     current = point.energy(beta) + 0.5 * momentum0.pow(2).sum(-1)  # (K, B)
     proposed = proposal.energy(beta) + 0.5 * momentum.pow(2).sum(-1)
-    log_u = torch.rand(current.shape, generator=generator, device=current.device, dtype=current.dtype).log()
+    log_u = noise.uniform(current.shape, generator, like=current).log()
     accept = (log_u < current - proposed) & torch.isfinite(proposed)  # NaN/inf proposals are rejected
     return _choose(accept, proposal, point), accept
 
@@ -400,19 +297,6 @@ def _ais_chunk(latent_model: LatentModel, x: Tensor, labels: Tensor | None, beta
     return {"log_weights": log_w, "acceptance_rate": accepted / max(num_steps - 1, 1), "step_size": step}
 
 
-def _chain_statistics(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """From log-weights (K, B): log p_hat = log mean_k w_k (B,), its delta-method standard error
-    (B,) and the effective sample size (sum w)^2 / sum w^2 (B,)."""
-    num_chains = log_w.shape[0]
-    log_px = torch.logsumexp(log_w, dim=0) - math.log(num_chains)
-    relative = torch.exp(log_w - log_px)  # w_k / w_bar, (K, B)
-    # Var(log w_bar) ~ Var(w) / (K w_bar^2) (delta method): the std of w_k / w_bar over sqrt(K).
-    stderr = (relative.std(dim=0, unbiased=True) / math.sqrt(num_chains) if num_chains > 1
-              else torch.full_like(log_px, math.nan))
-    ess = relative.sum(0).pow(2) / relative.pow(2).sum(0)
-    return log_px, stderr, ess
-
-
 @torch.no_grad()
 def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 1000, num_chains: int = 16,
                        leapfrog_steps: int = 10, initial_step_size: float = 0.05,
@@ -455,9 +339,9 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
         parts.append(_ais_chunk(latent_model, x[start:start + chunk], chunk_labels, betas, num_chains,
                                 leapfrog_steps, initial_step_size, target_acceptance, generator))
     diagnostics = {name: torch.cat([part[name] for part in parts], dim=-1) for name in parts[0]}
-    log_px, stderr, ess = _chain_statistics(diagnostics["log_weights"])
-    diagnostics["ess"] = ess
-    return log_px, stderr, diagnostics
+    statistics = importance_weight_statistics(diagnostics["log_weights"])
+    diagnostics["ess"] = statistics.ess
+    return statistics.log_mean, statistics.stderr, diagnostics
 
 
 def _ais_settings(num_steps: int, num_chains: int, leapfrog_steps: int, initial_step_size: float,
@@ -483,23 +367,22 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
     observation model in words, and a few diagnostics (mean acceptance rate, mean effective
     sample size of the weights)."""
     latent_model = latent_model_for(model, observation, sigma)
-    device = model_device(model)
-    generator = torch.Generator(device).manual_seed(seed)
+    quantity = bound_of(observation_model(model, observation, sigma), model.conditional, split)
+    generator = torch.Generator(model.device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"log_px": [], "stderr": [], "ess": [], "acceptance_rate": []}
-    with eval_mode(model), tqdm(total=len(split), disable=not progress, desc="decoder AIS", leave=False,
-                                unit="img") as bar:
-        for x, condition in labelled_batches(split, batch_size, device, model.conditional):
+    with eval_mode(model):
+        for x, label in evaluation_batches(model, split, batch_size, desc="decoder AIS", progress=progress):
             log_px, stderr, diagnostics = ais_log_likelihood(
                 latent_model, x, num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
-                generator, schedule, labels=condition.get("y"), max_rows=max_rows)
+                generator, schedule, labels=label, max_rows=max_rows)
             for name, value in (("log_px", log_px), ("stderr", stderr), ("ess", diagnostics["ess"]),
                                 ("acceptance_rate", diagnostics["acceptance_rate"])):
                 parts[name].append(value.cpu())
-            bar.update(len(x))
     values = {name: torch.cat(chunks).double() for name, chunks in parts.items()}
     settings = {**_ais_settings(num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
                                 schedule),
-                "observation": latent_model.observation, "sigma": sigma, "seed": seed, "examples": len(split),
+                "observation": latent_model.observation, "bound_of": quantity, "sigma": sigma, "seed": seed,
+                "examples": len(split),
                 "batch_size": batch_size, "max_rows": max_rows,
                 "diagnostics": {
                     "chain_stderr_of_mean": values["stderr"].pow(2).sum().sqrt().item() / len(split),
@@ -558,13 +441,11 @@ def choose_sigma(model, validation: Split, sigmas: Sequence[float] = DEFAULT_SIG
 def _prior_is_estimate(model, split: Split, observation: str, sigma: float, num_samples: int,
                        seed: int) -> Estimate:
     latent_model = latent_model_for(model, observation, sigma)
-    device = model_device(model)
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(model.device).manual_seed(seed)
     values = []
     with eval_mode(model):
-        for x, condition in labelled_batches(split, 100, device, model.conditional):
-            values.append(prior_importance_log_likelihood(latent_model, x, num_samples, generator,
-                                                          condition.get("y")).cpu())
+        for x, label in evaluation_batches(model, split, 100, desc="prior IS"):
+            values.append(prior_importance_log_likelihood(latent_model, x, num_samples, generator, label).cpu())
     settings = {"num_samples": num_samples, "observation": latent_model.observation, "sigma": sigma,
                 "seed": seed, "examples": len(split)}
     return Estimate(*mean_and_stderr(torch.cat(values)), settings)

@@ -19,12 +19,13 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
 from vaelab.distributions import gaussian_kl_standard
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
+from vaelab.eval.batches import evaluation_batches
+from vaelab.eval.estimate import Estimate, mean_and_stderr
+from vaelab.models.capabilities import VariationalPosterior, require
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 BOOTSTRAP_SAMPLES = 200  # resamples of the split for the active-unit count's standard error
@@ -36,21 +37,14 @@ def posterior_parameters(model, split: Split, batch_size: int = 500,
                          progress: bool = False) -> tuple[Tensor, Tensor]:
     """mu and log_var of q(z|x) (a CVAE's q(z|x, y), given the split's labels) for every image of
     the split: two (N, D) float64 tensors on the CPU."""
-    if not hasattr(model, "encode"):
-        raise VaelabError(f"a {type(model).__name__} has no encoder: no latent diagnostics")
+    require(model, VariationalPosterior, "latent")
     if len(split) == 0:
         raise VaelabError("latent diagnostics of an empty split")
-    device = model_device(model)
     mus, log_vars = [], []
-    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
-                             total=math.ceil(len(split) / batch_size), disable=not progress,
-                             desc="latent", leave=False):
-        posterior = model.encode(x, **condition)
-        if not (isinstance(posterior, tuple) and len(posterior) == 2):
-            raise VaelabError(f"latent diagnostics need a Gaussian encoder returning (mu, log_var); "
-                              f"{type(model).__name__}.encode returns {type(posterior).__name__}")
-        mus.append(posterior[0].double().cpu())
-        log_vars.append(posterior[1].double().cpu())
+    for x, label in evaluation_batches(model, split, batch_size, desc="latent", progress=progress):
+        mu, log_var = model.encode(x, label=label)
+        mus.append(mu.double().cpu())
+        log_vars.append(log_var.double().cpu())
     return torch.cat(mus), torch.cat(log_vars)
 
 

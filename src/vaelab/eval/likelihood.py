@@ -12,82 +12,74 @@ at most `max_rows` decoder rows and folded into a running log-sum-exp.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
-from vaelab.data.loader import BatchIterator
-from vaelab.errors import VaelabError
+from vaelab.distributions import Likelihood
+from vaelab.eval.batches import evaluation_batches
+from vaelab.eval.estimate import Estimate, mean_and_stderr
+from vaelab.models.capabilities import VariationalPosterior, require
 
 DEFAULT_MAX_ROWS = 8192  # decoder rows per chunk: ~26 MB of logits at 784 pixels; larger chunks ran slower (benchmarks/eval_speed.py)
+NOT_BINARY = ("cross-entropy, not a log-likelihood: a Bernoulli likelihood on pixels that are not binary "
+              "(train and evaluate with binarize=dynamic for the published protocol)")
 
 
-@dataclass
-class Estimate:
-    """A dataset-mean estimate with the standard error of that mean over examples."""
-
-    value: float
-    stderr: float
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def is_binary(split: Split) -> bool:
+    images = split.images
+    return bool(((images == 0) | (images == 1)).all())
 
 
-def mean_and_stderr(per_example: Tensor) -> tuple[float, float]:
-    values = per_example.double()
-    stderr = values.std(unbiased=True).item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return values.mean().item(), stderr
+def bound_of(likelihood: Likelihood | None, conditional: bool, split: Split) -> str:
+    """What an estimate under `likelihood` on this split is an estimate of, in words: log p(x),
+    log p(x|y) for a class-conditional model, or a cross-entropy when a likelihood of binary images
+    (Bernoulli) scores grey pixels."""
+    if likelihood is not None and likelihood.binary_support and not is_binary(split):
+        return NOT_BINARY
+    return "log p(x|y)" if conditional else "log p(x)"
 
 
-def labelled_batches(split: Split, batch_size: int, device: torch.device, conditional: bool):
-    """(x, conditioning) pairs: conditioning is {"y": labels} for a class-conditional model, else {}."""
-    for batch in BatchIterator(split, batch_size, shuffle=False):
-        batch = batch.to(device)
-        if conditional and batch.y is None:
-            raise VaelabError("a class-conditional model needs labelled data to be evaluated")
-        yield batch.x, ({"y": batch.y} if conditional else {})
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+def is_log_likelihood(quantity: str) -> bool:
+    return quantity != NOT_BINARY
 
 
 @torch.no_grad()
 def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, seed: int = 0,
          progress: bool = False) -> dict[str, Estimate]:
-    """Test ELBO, its reconstruction and KL terms (nats per example, means over the split)."""
-    device = model_device(model)
-    generator = torch.Generator(device).manual_seed(seed)
+    """Test ELBO, its reconstruction and KL terms (nats per example, means over the split). Under a
+    Bernoulli likelihood on grey pixels the first two are cross-entropies and are named so:
+    "elbo_cross_entropy" and "reconstruction_cross_entropy"."""
+    require(model, VariationalPosterior, "elbo")
+    generator = torch.Generator(model.device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"reconstruction": [], "kl": []}
-    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
-                             total=math.ceil(len(split) / batch_size), disable=not progress, desc="elbo", leave=False):
-        terms = model.elbo_terms(x, num_samples, generator, **condition)
+    for x, label in evaluation_batches(model, split, batch_size, desc="elbo", progress=progress):
+        terms = model.elbo_terms(x, num_samples, generator, label=label)
         for name in parts:
             parts[name].append(terms[name].cpu())
     reconstruction, kl = torch.cat(parts["reconstruction"]), torch.cat(parts["kl"])
-    settings = {"num_samples": num_samples, "seed": seed, "examples": len(split)}
-    return {"elbo": Estimate(*mean_and_stderr(reconstruction - kl), settings),
-            "reconstruction_log_prob": Estimate(*mean_and_stderr(reconstruction), settings),
-            "kl": Estimate(*mean_and_stderr(kl), settings)}
+    quantity = bound_of(model.likelihood, model.conditional, split)
+    settings = {"num_samples": num_samples, "seed": seed, "examples": len(split), "bound_of": quantity}
+    names = (("elbo", "reconstruction_log_prob") if is_log_likelihood(quantity)
+             else ("elbo_cross_entropy", "reconstruction_cross_entropy"))
+    return {names[0]: Estimate(*mean_and_stderr(reconstruction - kl), settings),
+            names[1]: Estimate(*mean_and_stderr(reconstruction), dict(settings)),
+            "kl": Estimate(*mean_and_stderr(kl), dict(settings))}
 
 
 @torch.no_grad()
 def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: torch.Generator,
-                                          max_rows: int = DEFAULT_MAX_ROWS, **condition) -> Tensor:
-    """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks.
-    `condition` (y=labels) is passed on to a class-conditional model."""
-    posterior = model.encode(x, **condition)
+                                          max_rows: int = DEFAULT_MAX_ROWS, label: Tensor | None = None) -> Tensor:
+    """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks; `label`
+    (B,) goes to a class-conditional model's densities."""
+    posterior = model.encode(x, label=label)
     samples_per_chunk = max(1, min(k, max_rows // len(x)))
     running = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
     drawn = 0
     while drawn < k:
         chunk = min(samples_per_chunk, k - drawn)
-        log_w = model.log_weights(x, chunk, generator, posterior=posterior, **condition)  # (chunk, B)
+        log_w = model.log_weights(x, chunk, generator, posterior=posterior, label=label)  # (chunk, B)
         running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
         drawn += chunk
     return (running - math.log(k)).float()
@@ -97,15 +89,14 @@ def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: t
 def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size: int | None = None,
                               max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0,
                               progress: bool = False) -> Estimate:
-    """Mean L_k over the split (Burda et al. 2015). The batch size defaults so that one chunk of
-    samples covers a batch at small k and a handful of examples at large k."""
-    device = model_device(model)
-    generator = torch.Generator(device).manual_seed(seed)
+    """Mean L_k over the split (Burda et al. 2015); settings["bound_of"] says of what (see
+    bound_of). The batch size defaults so that one chunk of samples covers a batch at small k and
+    a handful of examples at large k."""
+    require(model, VariationalPosterior, "iw")
+    generator = torch.Generator(model.device).manual_seed(seed)
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))
-    bounds = []
-    with tqdm(total=len(split), disable=not progress, desc=f"L_{k}", leave=False, unit="img") as bar:
-        for x, condition in labelled_batches(split, batch_size, device, model.conditional):
-            bounds.append(importance_weighted_bound_per_example(model, x, k, generator, max_rows, **condition).cpu())
-            bar.update(len(x))
-    settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows}
+    bounds = [importance_weighted_bound_per_example(model, x, k, generator, max_rows, label=label).cpu()
+              for x, label in evaluation_batches(model, split, batch_size, desc=f"L_{k}", progress=progress)]
+    settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows,
+                "bound_of": bound_of(model.likelihood, model.conditional, split)}
     return Estimate(*mean_and_stderr(torch.cat(bounds)), settings)

@@ -9,25 +9,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 
-from vaelab.checkpoint import RunConfig
+from vaelab.config import RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.errors import VaelabError
 from vaelab.eval.classifier import load_or_train_classifier
 from vaelab.eval.decoder_ais import choose_sigma, decoder_ais
+from vaelab.eval.estimate import Estimate
 from vaelab.eval.latent import latent_diagnostics
-from vaelab.eval.likelihood import Estimate, elbo, importance_weighted_bound
+from vaelab.eval.likelihood import elbo, importance_weighted_bound, is_log_likelihood
 from vaelab.eval.parzen import parzen_estimate
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.eval.reconstruction import reconstruction_error
 from vaelab.eval.sample_quality import inception_fid, sample_quality
 from vaelab.eval.sampling import draw_model_samples
 from vaelab.experiment import evaluation_split, raw_split
-from vaelab.models.ae import AE
-from vaelab.models.gan import GAN
-from vaelab.models.vae import VAE
+from vaelab.models.capabilities import (BinaryRBM, LatentDecoder, Reconstructor, VariationalPosterior,
+                                        require)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class EvalOptions:
 class EvalContext:
     """What an estimator may use: the model, the run's data and the options."""
 
-    model: object
+    model: Any
     run_config: RunConfig
     dataset: ImageDataset
     split_name: str = "test"
@@ -67,12 +68,8 @@ class EvalContext:
 @dataclass(frozen=True)
 class Metric:
     estimate: Callable[[EvalContext], dict[str, Estimate]]
-    applies: Callable[[object], bool]  # whether the metric can score this model
+    requires: tuple[type, ...]  # the capabilities (vaelab.models.capabilities) the model must have
     description: str
-
-
-def _has(method: str) -> Callable[[object], bool]:
-    return lambda model: callable(getattr(model, method, None))
 
 
 def _elbo(ctx: EvalContext) -> dict[str, Estimate]:
@@ -81,7 +78,8 @@ def _elbo(ctx: EvalContext) -> dict[str, Estimate]:
 
 def _iw(ctx: EvalContext) -> dict[str, Estimate]:
     o = ctx.options
-    return {"iw_bound": importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress)}
+    estimate = importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress)
+    return {"iw_bound" if is_log_likelihood(estimate.settings["bound_of"]) else "iw_cross_entropy": estimate}
 
 
 def _parzen(ctx: EvalContext) -> dict[str, Estimate]:
@@ -102,14 +100,17 @@ def _rbm_ais(ctx: EvalContext) -> dict[str, Estimate]:
     """log Z by AIS from the base-rate RBM fitted to the training split, then the split's mean log p(v)."""
     o, model = ctx.options, ctx.model
     base = base_rate_visible_bias(ctx.view("train"))
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(o.seed)
+    generator = torch.Generator(model.device).manual_seed(o.seed)
     log_z = rbm_log_partition_ais(model, base, o.ais_runs or 100, o.ais_steps or 14500, generator, o.progress)
-    return {"rbm_log_z": log_z, "rbm_log_likelihood": rbm_log_likelihood(model, ctx.split, log_z)}
+    log_likelihood = rbm_log_likelihood(model, ctx.split, log_z)
+    name = "rbm_log_likelihood" if log_likelihood.settings["binary"] else "rbm_cross_entropy"
+    return {"rbm_log_z": log_z, name: log_likelihood}
 
 
-def _needs_sigma(model) -> bool:
-    """A Gaussian observation model the network does not define itself: a GAN's, an MSE autoencoder's."""
-    return isinstance(model, GAN) or (isinstance(model, AE) and model.config.cost == "mse")
+def _needs_sigma(model: Any) -> bool:
+    """A decoder with no observation model of its own (a GAN, an MSE autoencoder) is scored under a
+    Gaussian whose sigma is chosen on validation data."""
+    return model.likelihood is None
 
 
 def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
@@ -124,7 +125,8 @@ def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
                            sigma=sigma, seed=o.seed, progress=o.progress)
     if sigma_table is not None:
         estimate.settings["sigma_chosen_on_validation"] = sigma_table  # mean log p(x) of 10 val images per sigma
-    return {"decoder_ais": estimate}
+    name = "decoder_ais" if is_log_likelihood(estimate.settings["bound_of"]) else "decoder_ais_cross_entropy"
+    return {name: estimate}
 
 
 def _sample_quality(ctx: EvalContext) -> dict[str, Estimate]:
@@ -151,33 +153,33 @@ def _inception_fid(ctx: EvalContext) -> dict[str, Estimate]:
 
 
 METRICS: dict[str, Metric] = {
-    "elbo": Metric(_elbo, _has("elbo_terms"), "evidence lower bound, with its reconstruction and KL terms"),
-    "iw": Metric(_iw, _has("log_weights"), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the test NLL"),
-    "rbm_ais": Metric(_rbm_ais, _has("free_energy"), "RBM test log-likelihood with log Z by annealed "
-                      "importance sampling (Salakhutdinov & Murray 2008)"),
-    "decoder_ais": Metric(_decoder_ais, lambda model: isinstance(model, (VAE, AE, GAN)),
-                          "log-likelihood by AIS over the latent with HMC (Wu et al. 2017), observation model "
-                          "in the settings"),
-    "parzen": Metric(_parzen, _has("sample"), "Gaussian Parzen-window log-likelihood of model samples, sigma "
-                     "chosen on the validation split (Goodfellow et al. 2014); biased"),
-    "sample_quality": Metric(_sample_quality, _has("sample"), "Frechet distance, precision/recall and CVAE class "
-                             "consistency in a locally trained classifier's feature space (not Inception FID)"),
-    "inception_fid": Metric(_inception_fid, _has("sample"), "Frechet Inception Distance with torch-fidelity and "
-                            "local Inception weights ($VAELAB_INCEPTION_WEIGHTS), if installed"),
-    "reconstruction": Metric(_reconstruction, _has("reconstruct"), "reconstruction MSE and BCE per image"),
-    "latent": Metric(_latent, _has("elbo_terms"), "KL per latent dimension and active units (Burda et al. 2015)"),
+    "elbo": Metric(_elbo, (VariationalPosterior,), "evidence lower bound, with its reconstruction and KL terms"),
+    "iw": Metric(_iw, (VariationalPosterior,), "importance-weighted bound L_k (Burda et al. 2015); -L_5000 is the "
+                 "test NLL"),
+    "rbm_ais": Metric(_rbm_ais, (BinaryRBM,), "RBM test log-likelihood with log Z by annealed importance sampling "
+                      "(Salakhutdinov & Murray 2008)"),
+    "decoder_ais": Metric(_decoder_ais, (LatentDecoder,), "log-likelihood by AIS over the latent with HMC (Wu et al. "
+                          "2017), observation model in the settings"),
+    "parzen": Metric(_parzen, (), "Gaussian Parzen-window log-likelihood of model samples, sigma chosen on the "
+                     "validation split (Goodfellow et al. 2014); biased"),
+    "sample_quality": Metric(_sample_quality, (), "Frechet distance, precision/recall and CVAE class consistency in a "
+                             "locally trained classifier's feature space (not Inception FID)"),
+    "inception_fid": Metric(_inception_fid, (), "Frechet Inception Distance with torch-fidelity and local Inception "
+                            "weights ($VAELAB_INCEPTION_WEIGHTS), if installed"),
+    "reconstruction": Metric(_reconstruction, (Reconstructor,), "reconstruction MSE and BCE per image"),
+    "latent": Metric(_latent, (VariationalPosterior,), "KL per latent dimension and active units (Burda et al. 2015)"),
 }
 
 
-def check_metrics(names: list[str], model) -> None:
-    """Raise a one-line VaelabError for an unknown metric or one the model cannot be scored with."""
+def check_metrics(names: list[str], model: Any) -> None:
+    """Raise a one-line VaelabError for an unknown metric or one the model lacks a capability for."""
     if not names:
         raise VaelabError(f"no metric given; available: {', '.join(METRICS)}")
     for name in names:
         if name not in METRICS:
             raise VaelabError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
-        if not METRICS[name].applies(model):
-            raise VaelabError(f"metric {name!r} does not apply to a {type(model).__name__}")
+        for capability in METRICS[name].requires:
+            require(model, capability, name)
 
 
 def evaluate(ctx: EvalContext, names: list[str]) -> dict[str, Estimate]:

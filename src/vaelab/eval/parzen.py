@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, mean_and_stderr
+from vaelab.eval.estimate import Estimate, mean_and_stderr
 from vaelab.eval.sampling import draw_model_samples
 
 # The GAN paper's grid (parzen_ll.py: logspace(sigma_start=-1, sigma_end=0, num=cross_val=10)).

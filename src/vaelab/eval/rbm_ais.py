@@ -48,9 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vaelab import noise
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, mean_and_stderr
+from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
+from vaelab.models.capabilities import BinaryRBM, require
 
 # The schedule of Salakhutdinov & Murray (2008), section 5 (and their RBM_AIS.m): beta rises from
 # 0 to 0.5 in 500 uniform steps, to 0.9 in 4,000 and to 1 in 10,000: 14,500 steps in all.
@@ -121,13 +123,6 @@ def base_log_partition(base_visible_bias: Tensor, num_hidden: int) -> float:
     return F.softplus(base_visible_bias.double()).sum().item() + num_hidden * math.log(2.0)
 
 
-def _uniform(buffer: Tensor, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """U[0, 1) draws of buffer's shape from `generator`, drawn on its device and moved if needed."""
-    if generator is None or generator.device == device:
-        return buffer.uniform_(generator=generator)
-    return buffer.copy_(torch.rand(buffer.shape, generator=generator, device=generator.device, dtype=buffer.dtype))
-
-
 def softplus_difference(x: Tensor, beta: float, previous: float) -> Tensor:
     """softplus(beta x) - softplus(previous x), elementwise, without cancellation: with s = (beta -
     previous) x and a = previous x,
@@ -178,7 +173,7 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
     activation = torch.empty(num_runs, num_hidden, device=device, dtype=dtype)  # c + v W
     visible_input = torch.empty(num_runs, num_visible, device=device, dtype=dtype)
     # v_1 ~ p_A exactly: independent pixels with p(v_i = 1) = sigmoid(b_A,i).
-    v = (_uniform(u_visible, generator, device) < torch.sigmoid(base)).to(dtype)  # (R, D)
+    v = (noise.uniform_(u_visible, generator) < torch.sigmoid(base)).to(dtype)  # (R, D)
     log_w = torch.zeros(num_runs, device=device, dtype=torch.float64)
     beta_list = betas.tolist()
     for k in tqdm(range(1, len(beta_list)), disable=not progress, desc="AIS", leave=False, unit="beta"):
@@ -191,14 +186,10 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
         if k == len(beta_list) - 1:
             break
         # One block Gibbs sweep leaving p_k invariant: h ~ p_k(h_B | v), v ~ p_k(v | h_B).
-        h = (_uniform(u_hidden, generator, device) < torch.sigmoid(activation.mul_(beta))).to(dtype)  # (R, H)
+        h = (noise.uniform_(u_hidden, generator) < torch.sigmoid(activation.mul_(beta))).to(dtype)  # (R, H)
         torch.addmm((1 - beta) * base + beta * visible_bias, h, weight_t, alpha=beta, out=visible_input)  # (R, D)
-        v = (_uniform(u_visible, generator, device) < visible_input.sigmoid_()).to(dtype)
+        v = (noise.uniform_(u_visible, generator) < visible_input.sigmoid_()).to(dtype)
     return log_w
-
-
-def _log_mean_exp(values: Tensor) -> float:
-    return (torch.logsumexp(values, 0) - math.log(len(values))).item()
 
 
 @torch.no_grad()
@@ -221,6 +212,7 @@ def rbm_log_partition_ais(rbm, base_visible_bias: Tensor | None = None, num_runs
     the weights are heavy-tailed (a small effective_sample_size warns of that). settings also holds
     log_z_base (log Z_A), the weights' effective sample size (sum w)^2 / sum w^2, and the paper's
     interval [log(Z_hat - 3 sd), log(Z_hat + 3 sd)] (None where Z_hat - 3 sd <= 0)."""
+    require(rbm, BinaryRBM, "rbm_ais")
     weight = rbm.weight
     if base_visible_bias is None:
         base_visible_bias = torch.zeros(weight.shape[0])
@@ -236,12 +228,9 @@ def rbm_log_partition_ais(rbm, base_visible_bias: Tensor | None = None, num_runs
     log_z_base = base_log_partition(base_visible_bias, num_hidden)
 
     log_w = ais_log_weights(rbm, base_visible_bias, betas, num_runs, generator, progress).cpu()
-    log_mean_w = _log_mean_exp(log_w)
-    normalized = torch.exp(log_w - log_mean_w)  # w_r / mean(w), mean 1
-    relative_sd = normalized.std(unbiased=True).item() if num_runs > 1 else float("nan")
-    stderr = relative_sd / math.sqrt(num_runs)
-    ess = math.exp(2 * torch.logsumexp(log_w, 0).item() - torch.logsumexp(2 * log_w, 0).item())
-    log_z = log_z_base + log_mean_w
+    statistics = importance_weight_statistics(log_w)
+    stderr, ess = statistics.stderr.item(), statistics.ess.item()
+    log_z = log_z_base + statistics.log_mean.item()
     interval = [log_z + math.log(1 - 3 * stderr) if 3 * stderr < 1 else None,
                 log_z + math.log1p(3 * stderr) if math.isfinite(stderr) else None]
     settings = {

@@ -15,43 +15,16 @@ mean-field pass, so they say nothing about the density; they say what the code k
 
 from __future__ import annotations
 
-import inspect
-import math
-
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate, labelled_batches, mean_and_stderr, model_device
+from vaelab.eval.batches import evaluation_batches
+from vaelab.eval.estimate import Estimate, mean_and_stderr
+from vaelab.models.capabilities import Reconstructor, require
 
 PROBABILITY_CLAMP = 1e-6  # p is clamped to [eps, 1 - eps] in the cross-entropy
-
-# What each model's reconstruct() does, looked up along the model's class hierarchy by class name.
-RECONSTRUCTIONS: dict[str, str] = {
-    "CVAE": "posterior mean: decoder mean at mu(x, y) with the image's own label (no sampling of z)",
-    "VAE": "posterior mean: decoder mean at mu(x) (no sampling of z)",
-    "DAE": "clean pass: decoder output g(f(x)) on the uncorrupted input",
-    "AE": "clean pass: decoder output g(f(x))",
-    "RBM": "one up-down Gibbs pass, mean-field: p(v | h = p(h|x)), probabilities in place of samples",
-    "GSN": ("one stochastic corrupt-encode-decode step: input corruption and hidden noise, one walkback "
-            "step from zero hidden layers, P(X | h^1); seeded"),
-}
-
-
-def describe_reconstruction(model) -> str:
-    """Which reconstruction `model.reconstruct` computes: the RECONSTRUCTIONS entry of the nearest
-    class in its hierarchy, else the first line of the method's docstring."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in RECONSTRUCTIONS:
-            return RECONSTRUCTIONS[cls.__name__]
-    doc = inspect.getdoc(model.reconstruct) or "model.reconstruct (undocumented)"
-    return doc.splitlines()[0]
-
-
-def _takes_generator(model) -> bool:
-    return "generator" in inspect.signature(model.reconstruct).parameters
 
 
 def reconstruction_errors(x: Tensor, reconstruction: Tensor, eps: float = PROBABILITY_CLAMP) -> dict[str, Tensor]:
@@ -70,34 +43,26 @@ def reconstruction_error(model, split: Split, batch_size: int = 500, *, seed: in
                          progress: bool = False) -> dict[str, Estimate]:
     """{"reconstruction_mse", "reconstruction_bce"}: the split's mean per-image squared error and
     cross-entropy of model.reconstruct(x) (summed over pixels, nats for the cross-entropy), each with
-    the standard error of the mean over images. A class-conditional model gets y=labels; a model
-    whose reconstruct takes a generator (the GSN's is stochastic) gets one torch.Generator on the
+    the standard error of the mean over images. A class-conditional model gets each image's label;
+    a model whose reconstruction is stochastic (the GSN's) draws from one torch.Generator on the
     model's device seeded with `seed`, used batch after batch (so results depend on batch_size)."""
-    if not hasattr(model, "reconstruct"):
-        raise VaelabError(f"a {type(model).__name__} has no reconstruct(x): no reconstruction error")
+    require(model, Reconstructor, "reconstruction")
     if len(split) == 0:
         raise VaelabError("reconstruction error of an empty split")
-    device = model_device(model)
-    stochastic = _takes_generator(model)
-    extra = {"generator": torch.Generator(device).manual_seed(seed)} if stochastic else {}
+    generator = torch.Generator(model.device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"mse": [], "bce": []}
-    for x, condition in tqdm(labelled_batches(split, batch_size, device, model.conditional),
-                             total=math.ceil(len(split) / batch_size), disable=not progress,
-                             desc="reconstruction", leave=False):
-        errors = reconstruction_errors(x, model.reconstruct(x, **condition, **extra))
+    for x, label in evaluation_batches(model, split, batch_size, desc="reconstruction", progress=progress):
+        errors = reconstruction_errors(x, model.reconstruct(x, label=label, generator=generator))
         for name, values in parts.items():
             values.append(errors[name].cpu())
-    settings = {
-        "model": type(model).__name__,
-        "reconstruction": describe_reconstruction(model),
-        "stochastic": stochastic,
-        "seed": seed if stochastic else None,
-        "conditional": bool(model.conditional),
-        "examples": len(split),
-        "batch_size": batch_size,
-        "probability_clamp": PROBABILITY_CLAMP,
-        "per_image": "summed over pixels",
-        "stderr": "over images",
-    }
+    settings = _settings(model, split, batch_size, seed)
     return {f"reconstruction_{name}": Estimate(*mean_and_stderr(torch.cat(values)), dict(settings))
             for name, values in parts.items()}
+
+
+def _settings(model, split: Split, batch_size: int, seed: int) -> dict:
+    stochastic = bool(model.stochastic_reconstruction)
+    return {"model": type(model).__name__, "reconstruction": model.reconstruction_description,
+            "stochastic": stochastic, "seed": seed if stochastic else None,
+            "conditional": bool(model.conditional), "examples": len(split), "batch_size": batch_size,
+            "probability_clamp": PROBABILITY_CLAMP, "per_image": "summed over pixels", "stderr": "over images"}

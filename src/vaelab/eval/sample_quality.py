@@ -36,8 +36,8 @@ from torch import Tensor
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.data.loader import derive_seed
 from vaelab.errors import VaelabError
-from vaelab.eval.likelihood import Estimate
-from vaelab.eval.sampling import draw_model_samples
+from vaelab.eval.estimate import Estimate
+from vaelab.eval.sampling import draw_model_samples, requested_labels
 
 DEFAULT_NUM_SAMPLES = 10000
 DEFAULT_K = 3  # Kynkaanniemi et al. 2019, section 2 ("we use k = 3")
@@ -243,7 +243,7 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     if n <= k:
         raise VaelabError(f"sample quality needs more than k={k} samples, got {n} "
                           f"(num_samples={num_samples}, {len(reference)} reference images)")
-    if conditional := bool(getattr(model, "conditional", False)):
+    if conditional := bool(model.conditional):
         classes = getattr(getattr(classifier, "architecture", None), "num_classes", model.num_classes)
         if classes != model.num_classes:
             raise VaelabError(f"the model has {model.num_classes} classes but the classifier {classes}")
@@ -255,7 +255,7 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     images, _ = draw_model_samples(model, n, seed, batch_size)  # (n, C, H, W); labels 0..K-1 cycling
     model_features = classifier.features(images, batch_size)
     if conditional:
-        requested = torch.arange(n) % model.num_classes
+        requested = requested_labels(model, n).cpu()
         hits = classifier.logits(images, batch_size).argmax(dim=1).cpu() == requested
 
     info = getattr(classifier, "cache_info", None) or {}

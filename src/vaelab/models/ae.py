@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from vaelab import noise
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
+from vaelab.distributions import BernoulliLikelihood
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.blocks import build_decoder, build_encoder
@@ -80,7 +82,13 @@ def fit_gmm(codes: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray,
 
 
 class AE(GenerativeModel):
+    """The autoencoder, with the LatentDecoder capability once its latent density is fitted: the
+    prior is that density, the decoder g, and the observation model Bernoulli on g's logits for
+    cost=bce (the cross-entropy cost is that likelihood's negative log) or none for cost=mse."""
+
     config_class = AEConfig
+    reconstruction_description = "clean pass: decoder output g(f(x))"
+    stochastic_reconstruction = False
 
     def __init__(self, config: AEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -93,6 +101,8 @@ class AE(GenerativeModel):
         self.decoder = build_decoder(config.architecture, config.latent_dim, self.image_shape,
                                      self.image_shape[0], config.hidden, config.activation, config.channels)
         self._register_density_buffers()
+        self.likelihood = BernoulliLikelihood() if config.cost == "bce" else None
+        self.decoder_output = "logits" if config.cost == "bce" else "mean"
 
     def _register_density_buffers(self) -> None:
         """The fitted density p(h) = sum_k w_k N(h; mu_k, L_k L_k^T), shaped from the config so that
@@ -106,12 +116,18 @@ class AE(GenerativeModel):
 
     # -- the network --------------------------------------------------------------------------
 
-    def encode(self, x: Tensor) -> Tensor:
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config.latent_dim)
+
+    def encode(self, x: Tensor, label: Tensor | None = None) -> Tensor:
         """The deterministic code: x (B, C, H, W) -> h (B, D)."""
+        self.check_label(label)
         return self.code_head(self.encoder(x))
 
-    def decode(self, h: Tensor) -> Tensor:
+    def decode(self, h: Tensor, label: Tensor | None = None) -> Tensor:
         """h (..., D) -> the decoder's raw output (..., C, H, W): logits for bce, x_hat for mse."""
+        self.check_label(label)
         batch_shape = h.shape[:-1]
         decoded = self.decoder(h.reshape(-1, h.shape[-1]))
         return decoded.view(*batch_shape, *decoded.shape[1:])
@@ -123,7 +139,8 @@ class AE(GenerativeModel):
         return decoded.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, label: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
         """x (B, C, H, W) -> g(f(x)) as images (B, C, H, W) in [0, 1]."""
         return self.decoder_mean(self.decode(self.encode(x)))
 
@@ -166,8 +183,7 @@ class AE(GenerativeModel):
     @torch.no_grad()
     def encode_images(self, images: Tensor, batch_size: int = ENCODE_BATCH_SIZE) -> Tensor:
         """Codes of a whole image set (N, C, H, W) -> (N, D), a batch at a time on the model's device."""
-        device = self.density_means.device
-        codes = [self.encode(images[start:start + batch_size].to(device))
+        codes = [self.encode(images[start:start + batch_size].to(self.device))
                  for start in range(0, len(images), batch_size)]
         return torch.cat(codes)
 
@@ -210,21 +226,32 @@ class AE(GenerativeModel):
         return MixtureSameFamily(Categorical(probs=self.density_weights),
                                  MultivariateNormal(self.density_means, scale_tril=self.density_scale_tril))
 
-    def log_prob_latent(self, h: Tensor) -> Tensor:
+    def log_prior(self, h: Tensor) -> Tensor:
         """log p(h) under the fitted density, differentiable in h: (..., D) -> (...)."""
         return self.latent_distribution().log_prob(h)
 
-    def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """h ~ p(h): a component k ~ Categorical(w), then h = mu_k + L_k eps, eps ~ N(0, I): (n, D)."""
         self._require_density()
-        component = torch.multinomial(self.density_weights, num_samples, replacement=True,
-                                      generator=generator)  # (n,)
-        eps = torch.randn(num_samples, self.config.latent_dim, generator=generator,
-                          device=self.density_means.device, dtype=self.density_means.dtype)  # (n, D)
+        component = noise.categorical(self.density_weights, num_samples, generator)  # (n,)
+        eps = noise.normal((num_samples, self.config.latent_dim), generator, like=self.density_means)  # (n, D)
         scale = self.density_scale_tril[component]  # (n, D, D)
         return self.density_means[component] + (scale @ eps.unsqueeze(-1)).squeeze(-1)
 
+    def prior_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean m (D,) and Cholesky factor C (D, D) of the fitted mixture's overall covariance
+        sum_k w_k (S_k + (mu_k - m)(mu_k - m)^T): samplers precondition on it, since the codes
+        have whatever scale training gave them."""
+        self._require_density()
+        weights, means, scale_tril = self.density_weights, self.density_means, self.density_scale_tril
+        mean = weights @ means  # (D,)
+        centred = means - mean  # (K, D)
+        within = scale_tril @ scale_tril.transpose(-1, -2)  # (K, D, D)
+        covariance = (weights[:, None, None] * (within + centred[:, :, None] * centred[:, None, :])).sum(0)
+        return mean, torch.linalg.cholesky(covariance)
+
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         """h ~ the fitted p(h), then the decoder: images (n, C, H, W) in [0, 1]."""
-        return self.decoder_mean(self.decode(self.sample_latent(num_samples, generator)))
+        self.check_label(kwargs.get("label"))
+        return self.decoder_mean(self.decode(self.sample_prior(num_samples, generator)))

@@ -1,32 +1,40 @@
 """The one interface every vaelab model implements.
 
 A model is an nn.Module built from (config dataclass, image shape, number of classes). The trainer
-only calls `loss` through `train_step`; models with unusual updates (a GAN's two optimizers, an
-RBM's contrastive divergence) override `make_optimizers` and `train_step` instead of copying the
-loop. Models never import estimators or plots.
+calls `train_step`, whose default computes `loss` and hands the term named by `objective` to the
+trainer's Updater, which owns zero-grad, backward, clipping, the optimizer step and the precision.
+A model with an unusual update (a GAN's two players) overrides `train_step` and still steps through
+the Updater. What estimators may ask of a model beyond this is in vaelab.models.capabilities.
+Models never import estimators or plots.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from vaelab import noise
 from vaelab.config import config_from_dict, config_to_dict
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
+from vaelab.distributions import standard_normal_log_prob
 from vaelab.errors import VaelabError
 from vaelab.models.training_graph import TrainingGraph
+from vaelab.optim import Updater
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 class GenerativeModel(nn.Module, abc.ABC):
     """Base class: subclasses set `config_class` and implement `loss` and `sample`."""
 
     config_class: ClassVar[type]
-    conditional: ClassVar[bool] = False  # True for models whose sample() takes a class label
+    conditional: ClassVar[bool] = False  # True for models whose densities and samples take a class label
+    objective: ClassVar[str] = "loss"  # the entry of loss() the trainer minimizes; "loss" is what it logs
 
     def __init__(self, config: Any, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__()
@@ -36,12 +44,32 @@ class GenerativeModel(nn.Module, abc.ABC):
         self.image_shape = tuple(image_shape)  # (C, H, W)
         self.num_classes = num_classes
 
-    @abc.abstractmethod
-    def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
-        """Per-batch training objective: a dict whose "loss" entry is minimized; the rest are logged."""
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters (or, without any, its buffers) live."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    def reference_tensor(self) -> Tensor:
+        """A tensor of the model's device and floating dtype (its first parameter or buffer)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor
+        return torch.empty(0)
+
+    @classmethod
+    def prefers_binary_pixels(cls, config: Any) -> bool:
+        """Whether this model's density is one of binary images (a Bernoulli likelihood, binary
+        units): then data with binarize=auto is dynamically binarized, the published protocol."""
+        return False
 
     @abc.abstractmethod
-    def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+    def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
+        """Per-batch training terms: `objective` is minimized, "loss" is logged and validated."""
+
+    @abc.abstractmethod
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         """Draw num_samples images (num_samples, C, H, W) with values in [0, 1]."""
 
     @classmethod
@@ -50,31 +78,55 @@ class GenerativeModel(nn.Module, abc.ABC):
         `vaelab graph`; nodes are declared top-down within each layer of the drawing."""
         raise VaelabError(f"{cls.__name__} does not describe its training graph")
 
-    # -- training hooks the trainer calls; override for unusual updates --------------------------
+    # -- training hooks the trainer calls ------------------------------------------------------
 
-    def make_optimizers(self, build_optimizer) -> list[torch.optim.Optimizer]:
+    def make_optimizers(self, build_optimizer: OptimizerFactory) -> list[torch.optim.Optimizer]:
         """The optimizers this model trains with; `build_optimizer(params)` applies the train config."""
         return [build_optimizer(self.parameters())]
 
-    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer], step: int,
-                   grad_clip: float = 0.0, autocast=None) -> dict[str, Tensor]:
-        """One optimizer step on one batch; returns the detached loss terms for logging."""
-        (optimizer,) = optimizers
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
+    def train_step(self, batch: Batch, step: int, updater: Updater) -> dict[str, Tensor]:
+        """One update on one batch: minimize loss()[objective]; returns the detached terms."""
+        with updater.autocast():
             terms = self.loss(batch, step=step)
-        terms["loss"].backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
-        optimizer.step()
-        return {name: value.detach() for name, value in terms.items()}
+        updater.minimize(terms[self.objective])
+        return detached(terms)
 
     def after_training(self, train_split: Split) -> None:
-        """Called once training ends, in eval mode, with the training split in a deterministic pixel
-        view: the place for post-hoc fitting (an AE's latent density). Whatever it fits must live
-        in buffers so it is saved with the weights. Nothing by default."""
+        """Called once training ends, in eval mode, with the training split in its deterministic
+        pixel view: the place for post-hoc fitting (an AE's latent density). Whatever it fits must
+        live in buffers so it is saved with the weights. Nothing by default."""
 
     @torch.no_grad()
     def validation_loss(self, batch: Batch) -> dict[str, Tensor]:
         """The loss terms on held-out data (no update); by default the training loss."""
-        return {name: value.detach() for name, value in self.loss(batch).items()}
+        return detached(self.loss(batch))
+
+    def check_label(self, label: Tensor | None) -> None:
+        """An unconditional model takes no label."""
+        if label is not None and not self.conditional:
+            raise VaelabError(f"a {type(self).__name__} is not class-conditional: pass no label")
+
+
+class StandardNormalPrior:
+    """p(z) = N(0, I) over config.latent_dim dimensions: the LatentDecoder prior of the VAE and GAN."""
+
+    config: Any
+    reference_tensor: Callable[[], Tensor]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config.latent_dim)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return standard_normal_log_prob(z)
+
+    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """(num_samples, D) draws on the model's device, in its parameters' dtype."""
+        return noise.normal((num_samples, self.latent_dim), generator, like=self.reference_tensor())
+
+    def prior_moments(self) -> tuple[Tensor, Tensor] | None:
+        return None
+
+
+def detached(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: value.detach() for name, value in terms.items()}

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from vaelab import noise
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.ae import AE, AEConfig
@@ -45,12 +46,13 @@ def chosen_pixels(x: Tensor, fraction: float, generator: torch.Generator | None 
     x (B, C, H, W) -> (B, count). The first `count` entries of a random permutation of each row."""
     batch, pixels = x.shape[0], math.prod(x.shape[1:])
     count = round(fraction * pixels)
-    scores = torch.rand(batch, pixels, generator=generator, device=x.device)  # (B, d)
+    scores = noise.uniform((batch, pixels), generator, like=x)  # (B, d)
     return scores.argsort(dim=1)[:, :count]  # (B, count)
 
 
 class DAE(AE):
     config_class = DAEConfig
+    reconstruction_description = "clean pass: decoder output g(f(x)) on the uncorrupted input"
 
     def __init__(self, config: DAEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -64,13 +66,12 @@ class DAE(AE):
         from the global torch RNG (which the trainer seeds and checkpoints) when it is None."""
         level, kind = self.config.noise_level, self.config.corruption
         if kind == "gaussian":
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            return (x + level * noise).clamp(0.0, 1.0)
+            return (x + level * noise.normal(x.shape, generator, like=x)).clamp(0.0, 1.0)
         index = chosen_pixels(x, level, generator)  # (B, count)
         if kind == "masking":
             values = torch.zeros(index.shape, device=x.device, dtype=x.dtype)
         else:  # salt_and_pepper: 0 or 1 with equal probability
-            values = (torch.rand(index.shape, generator=generator, device=x.device) < 0.5).to(x.dtype)
+            values = (noise.uniform(index.shape, generator, like=x) < 0.5).to(x.dtype)
         return x.flatten(start_dim=1).scatter(1, index, values).view_as(x)
 
     @classmethod

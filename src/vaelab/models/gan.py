@@ -31,9 +31,8 @@ not measures of sample quality; use the final weights.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,9 +42,11 @@ from torch import Tensor, nn
 
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
-from vaelab.models.base import GenerativeModel
+from vaelab.models.base import GenerativeModel, StandardNormalPrior, detached
+from vaelab.models.modes import eval_mode, frozen
 from vaelab.models.blocks import MLPDecoder, activation
 from vaelab.models.training_graph import Node, TrainingGraph
+from vaelab.optim import Updater
 
 
 @dataclass
@@ -163,33 +164,15 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Parameters of `module` take no gradient inside the block (the other player's update)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run `module` in eval mode (BatchNorm running statistics, no dropout), then restore its mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 # -- the model -----------------------------------------------------------------------------------
 
-class GAN(GenerativeModel):
+class GAN(GenerativeModel, StandardNormalPrior):
+    """G and D of Algorithm 1. As a LatentDecoder it is the prior N(0, I) and G, whose output is a
+    logit per pixel (the image is its sigmoid), with no observation model of its own."""
+
     config_class = GANConfig
+    decoder_output = "logits"
+    likelihood = None
 
     def __init__(self, config: GANConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -222,10 +205,12 @@ class GAN(GenerativeModel):
 
     # -- the two players ------------------------------------------------------------------------
 
-    def noise(self, num_samples: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ N(0, I): (num_samples, latent_dim), drawn on the generator's device, moved to `device`."""
-        draw_on = generator.device if generator is not None else device
-        return torch.randn(num_samples, self.config.latent_dim, generator=generator, device=draw_on).to(device)
+    def decode(self, z: Tensor, label: Tensor | None = None) -> Tensor:
+        """G's logits: z (..., D) -> (..., C, H, W), with G in eval mode (BatchNorm running statistics)."""
+        self.check_label(label)
+        with eval_mode(self.generator):
+            logits = self.generator(z.reshape(-1, z.shape[-1]))
+        return logits.view(*z.shape[:-1], *logits.shape[1:])
 
     def generate(self, z: Tensor) -> Tensor:
         """G(z): z (B, D) -> images (B, C, H, W) in [0, 1] (a sigmoid output, since the data lives there)."""
@@ -258,7 +243,7 @@ class GAN(GenerativeModel):
         """Both players' losses on one batch of real images and fresh noise, without an update.
         "loss" is d_loss + g_loss, the scalar the trainer logs (a GAN minimizes no single loss)."""
         real = batch.x
-        fake = self.generate(self.noise(len(real), real.device))
+        fake = self.generate(self.sample_prior(len(real)))
         terms = self.discriminator_terms(real, fake)
         g_loss = self.generator_loss(terms.pop("fake_logits"))
         return {"loss": terms["d_loss"] + g_loss, "g_loss": g_loss, **terms}
@@ -279,51 +264,39 @@ class GAN(GenerativeModel):
                 group["betas"] = betas
         return optimizer
 
-    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer], step: int,
-                   grad_clip: float = 0.0, autocast=None) -> dict[str, Tensor]:
+    def train_step(self, batch: Batch, step: int, updater: Updater) -> dict[str, Tensor]:
         """One discriminator update on this batch; then, every d_steps-th step, one generator update
-        on fresh noise (Algorithm 1 with k = d_steps). Returns detached terms: "loss" = d_loss +
+        on fresh noise (Algorithm 1 with k = d_steps); both through the trainer's Updater
+        (optimizers[0] is D's, optimizers[1] G's). Returns detached terms: "loss" = d_loss +
         g_loss, d_loss, g_loss, and d_real / d_fake, the mean probability D gives real and fake
         images before its update. On steps without a generator update, g_loss is the
         non-saturating loss of the discriminator step's fakes (no extra forward pass)."""
-        d_optimizer, g_optimizer = optimizers
-        autocast = autocast or contextlib.nullcontext
-        terms = self.discriminator_step(batch.x, d_optimizer, grad_clip, autocast)
+        terms = self.discriminator_step(batch.x, updater)
         fake_logits = terms.pop("fake_logits")
         if (step + 1) % self.config.d_steps == 0:
-            g_loss = self.generator_step(len(batch.x), batch.x.device, g_optimizer, grad_clip, autocast)
+            g_loss = self.generator_step(len(batch.x), updater)
         else:
             g_loss = self.generator_loss(fake_logits)
         return {"loss": terms["d_loss"] + g_loss, "g_loss": g_loss, **terms}
 
-    def discriminator_step(self, real: Tensor, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
-                           autocast=contextlib.nullcontext) -> dict[str, Tensor]:
+    def discriminator_step(self, real: Tensor, updater: Updater) -> dict[str, Tensor]:
         """One update of D: ascend mean log D(x) + log(1 - D(G(z))) for real (B, C, H, W) and fresh
         fakes, in D's parameters only (the fakes are made without a graph). Returns the detached
         discriminator_terms, measured before the update."""
-        with torch.no_grad(), autocast():
-            fake = self.generate(self.noise(len(real), real.device))  # (B, C, H, W)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with torch.no_grad(), updater.autocast():
+            fake = self.generate(self.sample_prior(len(real)))  # (B, C, H, W)
+        with updater.autocast():
             terms = self.discriminator_terms(real, fake)
-        terms["d_loss"].backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.discriminator.parameters(), grad_clip)
-        optimizer.step()
-        return {name: value.detach() for name, value in terms.items()}
+        updater.minimize(terms["d_loss"], optimizer_index=0)
+        return detached(terms)
 
-    def generator_step(self, num_samples: int, device: torch.device, optimizer: torch.optim.Optimizer,
-                       grad_clip: float = 0.0, autocast=contextlib.nullcontext) -> Tensor:
+    def generator_step(self, num_samples: int, updater: Updater) -> Tensor:
         """One update of G on num_samples fresh draws of z: descend the non-saturating loss
         -mean log D(G(z)) in G's parameters only. D is frozen, so no gradient reaches its .grad (its
         BatchNorm statistics still see the fakes, as in the DCGAN code). Returns the detached loss."""
-        optimizer.zero_grad(set_to_none=True)
-        with frozen(self.discriminator), autocast():
-            g_loss = self.generator_loss(self.discriminate(self.generate(self.noise(num_samples, device))))
-        g_loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.generator.parameters(), grad_clip)
-        optimizer.step()
+        with frozen(self.discriminator), updater.autocast():
+            g_loss = self.generator_loss(self.discriminate(self.generate(self.sample_prior(num_samples))))
+        updater.minimize(g_loss, optimizer_index=1)
         return g_loss.detach()
 
     # -- the training graph ---------------------------------------------------------------------
@@ -348,7 +321,7 @@ class GAN(GenerativeModel):
     def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
         """G(z) for z ~ N(0, I) drawn from `generator`, with G in eval mode (BatchNorm running
         statistics), whatever mode the model is in: (num_samples, C, H, W) in [0, 1]."""
-        device = next(self.parameters()).device
-        z = self.noise(num_samples, device, generator)
+        self.check_label(kwargs.get("label"))
+        z = self.sample_prior(num_samples, generator)
         with eval_mode(self.generator):
             return self.generate(z).float().clamp(0.0, 1.0)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaelab import noise
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
@@ -74,6 +75,9 @@ class GSN(GenerativeModel):
     per step (upward as W_i, downward as W_i^T) and a middle layer sums both neighbours' inputs."""
 
     config_class = GSNConfig
+    reconstruction_description = ("one stochastic corrupt-encode-decode step: input corruption and hidden "
+                                  "noise, one walkback step from zero hidden layers, P(X | h^1); seeded")
+    stochastic_reconstruction = True
 
     def __init__(self, config: GSNConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -87,6 +91,10 @@ class GSN(GenerativeModel):
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in self.sizes)
         # The training images' marginal pixel means (fitted by after_training): where chains start.
         self.register_buffer("pixel_means", torch.full((self.sizes[0],), 0.5))
+
+    @classmethod
+    def prefers_binary_pixels(cls, config: GSNConfig) -> bool:
+        return True  # the reconstruction distribution P(X | h) is Bernoulli
 
     @staticmethod
     def _check(config: GSNConfig) -> None:
@@ -125,18 +133,18 @@ class GSN(GenerativeModel):
         if level == 0:
             return x
         if kind == "gaussian":
-            return x + level * _randn_like(x, generator)
-        hit = _rand_like(x, generator) < level  # (B, D)
+            return x + level * noise.normal(x.shape, generator, like=x)
+        hit = noise.uniform(x.shape, generator, like=x) < level  # (B, D)
         if kind == "masking":
             return x.masked_fill(hit, 0.0)
-        salt = (_rand_like(x, generator) < 0.5).to(x.dtype)  # (B, D) the value a hit pixel takes
+        salt = (noise.uniform(x.shape, generator, like=x) < 0.5).to(x.dtype)  # (B, D) the value a hit pixel takes
         return torch.where(hit, salt, x)
 
     def _hidden_noise(self, h: Tensor, layer: int, generator: torch.Generator | None) -> Tensor:
         std = self.config.hidden_noise_std
         if std == 0 or (layer == 1 and self.config.noiseless_first_hidden):
             return h
-        return h + std * _randn_like(h, generator)
+        return h + std * noise.normal(h.shape, generator, like=h)
 
     # -- one walkback step (the 2014 paper, Fig. 3) --------------------------------------------------
 
@@ -161,7 +169,7 @@ class GSN(GenerativeModel):
         logits = self._pre_activation(layers, 0)
         probs = torch.sigmoid(logits)
         if self.config.sample_visible:
-            x = (_rand_like(probs, generator) < probs).to(probs.dtype)  # Bernoulli draw, no gradient
+            x = (noise.uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)  # Bernoulli draw, no gradient
         else:
             x = probs  # the mean goes on, and so does its gradient
         layers[0] = self.corrupt(x, generator)
@@ -222,7 +230,7 @@ class GSN(GenerativeModel):
         against the clean x and sampled (then corrupted) to become the next step's input."""
         config = config or cls.config_class()
         steps = config.walkbacks if config.walkbacks is not None else 2 * len(config.hidden)
-        noise = config.input_noise.replace("_", "-")
+        noise_name = config.input_noise.replace("_", "-")
         layers = len(config.hidden)
         first = 2 if config.noiseless_first_hidden else 1
         hidden_noise = (f"N(0, {config.hidden_noise_std:g}^2) on h^{first}..h^{layers}\nbefore, after f"
@@ -231,7 +239,7 @@ class GSN(GenerativeModel):
         edges = []
         for t in range(steps):
             fed_by = "x" if t == 0 else f"p{t}"
-            nodes += [Node(f"corrupt{t}", f"{noise} {config.input_noise_level:g}", "noise"),
+            nodes += [Node(f"corrupt{t}", f"{noise_name} {config.input_noise_level:g}", "noise"),
                       Node(f"x{t}", "x~ = C(x)" if t == 0 else f"x~_{t} = C(x_{t}),\nx_{t} ~ P_{t}", "sampled")]
             edges += [(fed_by, f"x{t}"), (f"corrupt{t}", f"x{t}"), (f"x{t}", f"net{t + 1}")]
             if hidden_noise:
@@ -257,30 +265,30 @@ class GSN(GenerativeModel):
         else:
             probs = self.pixel_means.clamp(0.0, 1.0)
         probs = probs.expand(num_chains, -1)  # (n, n_0)
-        return (_rand_like(probs, generator) < probs).to(probs.dtype)
+        return (noise.uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)
 
     @torch.no_grad()
-    def sample_chain(self, n_chains: int, steps: int, generator: torch.Generator | None = None,
+    def sample_chain(self, num_chains: int, steps: int, generator: torch.Generator | None = None,
                      start: Tensor | None = None, burn_in: int = 0, mean: bool = True) -> Tensor:
-        """Run n_chains Markov chains (corrupt, reconstruct, sample, repeat) and return `steps`
-        consecutive states after `burn_in` discarded ones: (steps, n_chains, C, H, W) in [0, 1].
+        """Run num_chains Markov chains (corrupt, reconstruct, sample, repeat) and return `steps`
+        consecutive states after `burn_in` discarded ones: (steps, num_chains, C, H, W) in [0, 1].
 
         A state is P(X | ...) (mean=True, the usual picture) or the X sampled from it. Chains start
-        from `start` (n_chains, C, H, W) if given, else from `chain_init`; hidden layers start at zero
+        from `start` (num_chains, C, H, W) if given, else from `chain_init`; hidden layers start at zero
         and are carried along (they are part of the deep GSN's chain state)."""
         if steps < 1 or burn_in < 0:
             raise ValueError(f"steps must be at least 1 and burn_in non-negative, got {steps}, {burn_in}")
         device = self.pixel_means.device
-        x0 = self._chain_start(n_chains, generator) if start is None else start.to(device).flatten(start_dim=1)
-        if x0.shape[0] != n_chains:
-            raise ValueError(f"start holds {x0.shape[0]} images for {n_chains} chains")
+        x0 = self._chain_start(num_chains, generator) if start is None else start.to(device).flatten(start_dim=1)
+        if x0.shape[0] != num_chains:
+            raise ValueError(f"start holds {x0.shape[0]} images for {num_chains} chains")
         layers = self.initial_layers(x0, generator)
         states = []
         for t in range(burn_in + steps):
             logits, x = self.walkback_step(layers, generator)
             if t >= burn_in:
                 states.append(torch.sigmoid(logits) if mean else x)
-        return torch.stack(states).view(steps, n_chains, *self.image_shape).clamp(0.0, 1.0)
+        return torch.stack(states).view(steps, num_chains, *self.image_shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
@@ -291,7 +299,8 @@ class GSN(GenerativeModel):
         return self.sample_chain(num_samples, 1, generator, burn_in=burn_in, mean=mean)[0]
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, label: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
         """One corrupt-encode-decode pass: corrupt x, one walkback step from hidden layers at zero
         (hidden noise included), and return P(X | h^1): x (B, C, H, W) -> (B, C, H, W)."""
         logits, _ = self.walkback_step(self.initial_layers(x, generator), generator)
@@ -301,11 +310,3 @@ class GSN(GenerativeModel):
 def _glorot_uniform(fan_in: int, fan_out: int) -> Tensor:
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     return torch.empty(fan_in, fan_out).uniform_(-bound, bound)
-
-
-def _rand_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -31,7 +31,6 @@ fit the binary model the energy describes.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaelab import noise
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
@@ -61,13 +61,6 @@ class RBMConfig:
     sample_start: Literal["bias", "uniform"] = "bias"  # chains start at Bernoulli(sigmoid(b)) or Bernoulli(1/2)
 
 
-def bernoulli(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Binary draws (u < probs), u ~ U[0, 1) from `generator` (drawn on its device, then moved)."""
-    device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape, generator=generator, device=device, dtype=probs.dtype)
-    return (u.to(probs.device) < probs).to(probs.dtype)
-
-
 def binary_states(num_units: int, start: int = 0, stop: int | None = None,
                   dtype: torch.dtype = torch.float64, device=None) -> Tensor:
     """States start .. stop-1 of all 2^num_units binary vectors, unit i = bit i: (stop - start, num_units)."""
@@ -79,6 +72,11 @@ def binary_states(num_units: int, start: int = 0, stop: int | None = None,
 
 class RBM(GenerativeModel):
     config_class = RBMConfig
+    # The trainer descends the CD surrogate; "loss" (the reconstruction error) is only monitored.
+    objective = "free_energy_gap"
+    reconstruction_description = ("one up-down Gibbs pass, mean-field: p(v | h = p(h|x)), probabilities "
+                                  "in place of samples")
+    stochastic_reconstruction = False
 
     def __init__(self, config: RBMConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -96,6 +94,10 @@ class RBM(GenerativeModel):
             # --resume continues the same chains.
             start = torch.bernoulli(torch.full((config.num_chains, self.num_visible), 0.5))
             self.register_buffer("persistent_chains", start)  # (M, D)
+
+    @classmethod
+    def prefers_binary_pixels(cls, config: RBMConfig) -> bool:
+        return True  # the energy is one of binary visible units
 
     # -- the energy and its conditionals -----------------------------------------------------
 
@@ -123,9 +125,9 @@ class RBM(GenerativeModel):
 
     def gibbs_step(self, v: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One block Gibbs sweep h ~ p(h|v), v' ~ p(v|h): v (B, D) -> (v' (B, D), p(v'|h) (B, D))."""
-        h = bernoulli(self.hidden_probs(v), generator)  # (B, H)
+        h = noise.bernoulli(self.hidden_probs(v), generator)  # (B, H)
         v_probs = self.visible_probs(h)  # (B, D)
-        return bernoulli(v_probs, generator), v_probs
+        return noise.bernoulli(v_probs, generator), v_probs
 
     # -- the exact partition function of a small RBM -----------------------------------------
 
@@ -195,19 +197,6 @@ class RBM(GenerativeModel):
         return [build_optimizer([{"params": [self.weight]},
                                  {"params": [self.visible_bias, self.hidden_bias], "weight_decay": 0.0}])]
 
-    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer], step: int,
-                   grad_clip: float = 0.0, autocast=None) -> dict[str, Tensor]:
-        """One CD/PCD update: descend the free-energy gap, report the reconstruction error as "loss"."""
-        (optimizer,) = optimizers
-        optimizer.zero_grad(set_to_none=True)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            terms = self.loss(batch, step=step)
-        terms["free_energy_gap"].backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
-        optimizer.step()
-        return {name: value.detach() for name, value in terms.items()}
-
     @torch.no_grad()
     def validation_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction error, mean free energy and a CD-k free-energy gap from the held-out data;
@@ -224,7 +213,7 @@ class RBM(GenerativeModel):
             probs = torch.sigmoid(self.visible_bias.detach()).expand(num_chains, -1)
         else:
             probs = torch.full((num_chains, self.num_visible), 0.5, device=self.weight.device)
-        return bernoulli(probs, generator)
+        return noise.bernoulli(probs, generator)
 
     @torch.no_grad()
     def gibbs_chain(self, v0: Tensor, steps: int, generator: torch.Generator | None = None,
@@ -279,6 +268,7 @@ class RBM(GenerativeModel):
         return TrainingGraph(f"{cls.__name__} ({config.num_hidden} hidden)", nodes, edges)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, label: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
         """One up-down pass with probabilities both ways, p(v | h = p(h|x)): (B, C, H, W) -> (B, C, H, W)."""
         return self.visible_probs(self.hidden_probs(x)).view(len(x), *self.image_shape)

@@ -1,6 +1,6 @@
 """A model's training graph as plain data: inputs, networks, noise, sampled variables and cost
 terms, with edges in the direction computation flows. Each model describes its own graph with a
-`training_graph(config)` classmethod; vaelab.graph_drawing renders them all in one style, so the
+`training_graph(config)` classmethod; vaelab.plots.graphs renders them all in one style, so the
 graphs read consistently side by side.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +23,8 @@ from vaelab.data.loader import Batch
 from vaelab.distributions import (BernoulliLikelihood, GaussianLikelihood, diag_gaussian_log_prob,
                                   gaussian_kl_standard, log_mean_exp, reparameterize,
                                   standard_normal_log_prob)
-from vaelab.errors import ConfigError
-from vaelab.models.base import GenerativeModel
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.models.base import GenerativeModel, StandardNormalPrior
 from vaelab.models.blocks import build_decoder, build_encoder
 from vaelab.models.training_graph import Node, TrainingGraph
 
@@ -55,68 +55,102 @@ def build_likelihood(config: VAEConfig) -> BernoulliLikelihood | GaussianLikelih
                               min_std=config.min_std, sigmoid_mean=config.gaussian_mean == "sigmoid")
 
 
-class VAE(GenerativeModel):
+class VAE(GenerativeModel, StandardNormalPrior):
+    """The VAE. Every density, sampler and reconstruction takes an optional class `label` and
+    feeds it to the networks through `encoder_input` / `decoder_input`, which pass the input
+    through unchanged here: the CVAE (vaelab.models.cvae) overrides only those and the input sizes."""
+
     config_class = VAEConfig
+    decoder_output = "logits"  # LatentDecoder: a Gaussian mean goes through a sigmoid too by default
+    reconstruction_description = "posterior mean: decoder mean at mu(x) (no sampling of z)"
+    stochastic_reconstruction = False
 
     def __init__(self, config: VAEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
         config = self.config
         if config.latent_dim < 1 or config.mc_samples < 1 or config.k < 1:
             raise ConfigError("latent_dim, mc_samples and k must be at least 1")
-        self.likelihood = build_likelihood(config)
-        self.encoder = build_encoder(config.architecture, self.image_shape, config.hidden,
+        self.likelihood: BernoulliLikelihood | GaussianLikelihood = build_likelihood(config)
+        if config.likelihood == "gaussian" and config.gaussian_mean == "identity":
+            self.decoder_output = "mean"
+        self.encoder = build_encoder(config.architecture, self.encoder_input_shape(), config.hidden,
                                      config.activation, config.channels)
         # One linear head emits mu and log sigma^2 side by side.
         self.posterior_head = nn.Linear(self.encoder.out_features, 2 * config.latent_dim)
         out_channels = self.image_shape[0] * self.likelihood.params_per_pixel
-        self.decoder = build_decoder(config.architecture, config.latent_dim, self.image_shape,
-                                     out_channels, config.hidden, config.activation, config.channels)
+        self.decoder = build_decoder(config.architecture, config.latent_dim + self.label_features(),
+                                     self.image_shape, out_channels, config.hidden, config.activation,
+                                     config.channels)
+
+    @classmethod
+    def prefers_binary_pixels(cls, config: VAEConfig) -> bool:
+        return config.likelihood == "bernoulli"
+
+    # -- what the networks see: the CVAE adds the label here ----------------------------------
+
+    def encoder_input_shape(self) -> tuple[int, ...]:
+        return self.image_shape
+
+    def label_features(self) -> int:
+        """Inputs the decoder takes besides z (the CVAE's one-hot label)."""
+        return 0
+
+    def encoder_input(self, x: Tensor, label: Tensor | None) -> Tensor:
+        self.check_label(label)
+        return x
+
+    def decoder_input(self, z: Tensor, label: Tensor | None) -> Tensor:
+        self.check_label(label)
+        return z
 
     # -- the three pieces of pytorch/examples' VAE --------------------------------------------
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, C, H, W) -> mu, log_var, each (B, D)."""
-        mu, log_var = self.posterior_head(self.encoder(x)).chunk(2, dim=-1)
+    def encode(self, x: Tensor, label: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q(z|x): x (B, C, H, W) -> mu, log_var, each (B, D)."""
+        mu, log_var = self.posterior_head(self.encoder(self.encoder_input(x, label))).chunk(2, dim=-1)
         return mu, log_var
 
     def reparameterize(self, mu: Tensor, log_var: Tensor, num_samples: int | None = None,
                        generator: torch.Generator | None = None) -> Tensor:
         return reparameterize(mu, log_var, num_samples, generator)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """z (..., D) -> the likelihood's parameters (..., C * params_per_pixel, H, W)."""
+    def decode(self, z: Tensor, label: Tensor | None = None) -> Tensor:
+        """z (..., B, D) -> the likelihood's parameters (..., B, C * params_per_pixel, H, W); one
+        label per example (B,), shared by every sample of z drawn for it."""
+        z = self.decoder_input(z, label)
         batch_shape = z.shape[:-1]
         decoded = self.decoder(z.reshape(-1, z.shape[-1]))
         return decoded.view(*batch_shape, *decoded.shape[1:])
 
     # -- densities ----------------------------------------------------------------------------
 
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, z: Tensor, label: Tensor | None = None) -> Tensor:
         """log p(x|z): x (B, C, H, W), z (S, B, D) -> (S, B)."""
-        return self.likelihood.log_prob(x, self.decode(z))
+        return self.likelihood.log_prob(x, self.decode(z, label))
 
     def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
-                    posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                    posterior: tuple[Tensor, Tensor] | None = None, label: Tensor | None = None) -> Tensor:
         """Importance log-weights log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): (S, B).
 
         `posterior` lets a caller that draws many chunks of samples encode x only once."""
-        mu, log_var = posterior if posterior is not None else self.encode(x)
+        mu, log_var = posterior if posterior is not None else self.encode(x, label)
         z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
-        return (self.log_likelihood(x, z) + standard_normal_log_prob(z)
+        return (self.log_likelihood(x, z, label) + standard_normal_log_prob(z)
                 - diag_gaussian_log_prob(z, mu, log_var))
 
-    def elbo_terms(self, x: Tensor, num_samples: int = 1,
-                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def elbo_terms(self, x: Tensor, num_samples: int = 1, generator: torch.Generator | None = None,
+                   label: Tensor | None = None) -> dict[str, Tensor]:
         """Per-example reconstruction E_q[log p(x|z)] (MC, num_samples draws) and closed-form KL: (B,)."""
-        mu, log_var = self.encode(x)
+        mu, log_var = self.encode(x, label)
         z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
-        reconstruction = self.log_likelihood(x, z).mean(0)
+        reconstruction = self.log_likelihood(x, z, label).mean(0)
         kl = gaussian_kl_standard(mu, log_var).sum(-1)
         return {"reconstruction": reconstruction, "kl": kl}
 
-    def iw_bound(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    def iw_bound(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                 label: Tensor | None = None) -> Tensor:
         """L_k = E[log (1/k) sum_s w_s] (Burda et al. 2015, eq. 8), one k-sample estimate per example: (B,)."""
-        return log_mean_exp(self.log_weights(x, k, generator), dim=0)
+        return log_mean_exp(self.log_weights(x, k, generator, label=label), dim=0)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -127,16 +161,16 @@ class VAE(GenerativeModel):
             return self.config.beta
         return self.config.beta * min(1.0, step / warmup)
 
-    def condition(self, batch: Batch) -> dict[str, Tensor]:
-        """Extra inputs every density of this model takes (a CVAE's label); none for the VAE."""
-        return {}
+    def training_label(self, batch: Batch) -> Tensor | None:
+        """The label every density of the loss takes: none for the VAE (the CVAE: batch.label)."""
+        return None
 
     def loss(self, batch: Batch, step: int | None = None) -> dict[str, Tensor]:
-        x, condition = batch.x, self.condition(batch)
+        x, label = batch.x, self.training_label(batch)
         if self.config.objective == "iwae":
-            bound = self.iw_bound(x, self.config.k, **condition)
+            bound = self.iw_bound(x, self.config.k, label=label)
             return {"loss": -bound.mean(), "iw_bound": bound.mean()}
-        terms = self.elbo_terms(x, self.config.mc_samples, **condition)
+        terms = self.elbo_terms(x, self.config.mc_samples, label=label)
         weight = self.kl_weight(step)
         reconstruction, kl = terms["reconstruction"].mean(), terms["kl"].mean()
         return {"loss": weight * kl - reconstruction, "reconstruction": -reconstruction, "kl": kl,
@@ -167,19 +201,26 @@ class VAE(GenerativeModel):
 
     # -- generation ---------------------------------------------------------------------------
 
+    def sample_labels(self, num_samples: int, label: int | Tensor | None) -> Tensor | None:
+        """The labels sample() decodes with: none for the VAE (the CVAE draws classes)."""
+        if label is not None:
+            raise VaelabError(f"a {type(self).__name__} is not class-conditional: it takes no label")
+        return None
+
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
-               mean: bool = True, **kwargs) -> Tensor:
-        """z ~ N(0, I), then the decoder alone. Returns the likelihood's mean (mean=True, the usual
-        picture) or a draw from p(x|z)."""
-        device = next(self.parameters()).device
-        z = torch.randn(num_samples, self.config.latent_dim, generator=generator, device=device)
-        decoded = self.decode(z)
+               label: int | Tensor | None = None, mean: bool = True, **kwargs: Any) -> Tensor:
+        """z ~ N(0, I), then the decoder alone (for the requested class(es), see sample_labels).
+        Returns the likelihood's mean (mean=True, the usual picture) or a draw from p(x|z):
+        (num_samples, C, H, W) in [0, 1]."""
+        labels = self.sample_labels(num_samples, label)  # checked before any draw
+        decoded = self.decode(self.sample_prior(num_samples, generator), labels)
         images = self.likelihood.mean(decoded) if mean else self.likelihood.sample(decoded, generator)
         return images.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, label: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
         """Decode the posterior mean: x (B, C, H, W) -> the likelihood's mean (B, C, H, W)."""
-        mu, _ = self.encode(x)
-        return self.likelihood.mean(self.decode(mu)).clamp(0.0, 1.0)
+        mu, _ = self.encode(x, label)
+        return self.likelihood.mean(self.decode(mu, label)).clamp(0.0, 1.0)

@@ -10,15 +10,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-
-from vaelab.files import atomic_write_bytes  # noqa: E402
-from vaelab.errors import VaelabError  # noqa: E402
-from vaelab.models.training_graph import TrainingGraph  # noqa: E402
+from vaelab.errors import VaelabError
+from vaelab.files import atomic_write_bytes
+from vaelab.models.training_graph import TrainingGraph
 
 STYLE = {  # kind -> (box style, fill colour)
     "input": ("square,pad=0.4", "#d9d9d9"),
@@ -38,6 +32,8 @@ def layout(graph: TrainingGraph) -> dict[str, tuple[float, float]]:
     Layers follow the longest path from the inputs; a source node other than the first input
     (noise, a label) moves right to sit just before the first node it feeds, so it is drawn
     beside where it enters the computation."""
+    import networkx as nx
+
     dag = nx.DiGraph()
     dag.add_nodes_from(node.name for node in graph.nodes)
     dag.add_edges_from(graph.edges)
@@ -59,14 +55,22 @@ def layout(graph: TrainingGraph) -> dict[str, tuple[float, float]]:
 
 
 def draw(graph: TrainingGraph, path: str | Path) -> Path:
-    """Render the graph to path (.svg or .png), atomically."""
+    """Render the graph to path (.svg or .png), atomically.
+
+    It draws on a bare matplotlib Figure with its own Agg canvas: no pyplot, and the process's
+    matplotlib backend is left as it was."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     if path.suffix.lower() not in (".svg", ".png"):
         raise VaelabError(f"--out must end in .svg or .png, got {path.name!r}")
     positions = layout(graph)
     width = max(x for x, _ in positions.values()) + 1
     height = max(abs(y) for _, y in positions.values()) * 2 + 1
-    figure, axes = plt.subplots(figsize=(2.2 * width + 1, 1.3 * (height + ARC_BULGE) + 1.2))
+    figure = Figure(figsize=(2.2 * width + 1, 1.3 * (height + ARC_BULGE) + 1.2))
+    FigureCanvasAgg(figure)  # files only, no screen
+    axes = figure.subplots()
     axes.set_xlim(-0.6, width - 0.4)
     axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3 + ARC_BULGE)
     texts = {}
@@ -95,7 +99,6 @@ def draw(graph: TrainingGraph, path: str | Path) -> Path:
     axes.axis("off")
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower()[1:], bbox_inches="tight", dpi=120)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -114,9 +117,11 @@ def _on_outline(centre, towards, half_size) -> tuple[float, float]:
 
 
 def _legend(axes) -> None:
-    handles = [plt.Line2D([], [], marker="s", ls="", ms=10, mfc=fill, mec="#333333", label=kind)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="s", ls="", ms=10, mfc=fill, mec="#333333", label=kind)
                for kind, (_, fill) in STYLE.items()]
-    handles.append(plt.Line2D([], [], marker="s", ls="", ms=10, mfc=HIGHLIGHT, mec=HIGHLIGHT,
-                              label="extra cost (VAE KL)"))
+    handles.append(Line2D([], [], marker="s", ls="", ms=10, mfc=HIGHLIGHT, mec=HIGHLIGHT,
+                          label="extra cost (VAE KL)"))
     axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(handles),
                 fontsize=8, frameon=False)
