@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaelab import noise
+from vaelab.noise import draw_normal, draw_uniform
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -27,7 +27,7 @@ def reparameterize(mu: Tensor, log_var: Tensor, num_samples: int | None = None,
     mu, log_var: (B, D). Returns (B, D), or (num_samples, B, D) when num_samples is given.
     """
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    eps = noise.normal(shape, generator, like=mu)
+    eps = draw_normal(shape, generator, like=mu)
     return mu + torch.exp(0.5 * log_var) * eps
 
 
@@ -78,7 +78,7 @@ class BernoulliLikelihood:
 
     def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
         probs = torch.sigmoid(decoded)
-        return (noise.uniform(probs.shape, generator, like=probs, dtype=torch.float32) < probs).to(probs.dtype)
+        return (draw_uniform(probs.shape, generator, like=probs, dtype=torch.float32) < probs).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class GaussianLikelihood:
 
     def sample(self, decoded: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mean, log_var = self._mean_and_log_var(decoded)
-        return mean + torch.exp(0.5 * log_var) * noise.normal(mean.shape, generator, like=mean)
+        return mean + torch.exp(0.5 * log_var) * draw_normal(mean.shape, generator, like=mean)
 
 
 Likelihood = BernoulliLikelihood | GaussianLikelihood

@@ -19,7 +19,7 @@ def _draw_device(generator: torch.Generator | None, like: Tensor) -> torch.devic
     return generator.device if generator is not None else like.device
 
 
-def uniform(shape: Sequence[int], generator: torch.Generator | None, like: Tensor,
+def draw_uniform(shape: Sequence[int], generator: torch.Generator | None, like: Tensor,
             dtype: torch.dtype | None = None) -> Tensor:
     """U[0, 1) draws of `shape` on like's device, in `dtype` (default like's)."""
     dtype = dtype or like.dtype
@@ -27,7 +27,7 @@ def uniform(shape: Sequence[int], generator: torch.Generator | None, like: Tenso
     return values.to(like.device)
 
 
-def normal(shape: Sequence[int], generator: torch.Generator | None, like: Tensor,
+def draw_normal(shape: Sequence[int], generator: torch.Generator | None, like: Tensor,
            dtype: torch.dtype | None = None) -> Tensor:
     """N(0, 1) draws of `shape` on like's device, in `dtype` (default like's)."""
     dtype = dtype or like.dtype
@@ -35,19 +35,19 @@ def normal(shape: Sequence[int], generator: torch.Generator | None, like: Tensor
     return values.to(like.device)
 
 
-def bernoulli(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def draw_bernoulli(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Binary draws (u < probs), u ~ U[0, 1), in probs' dtype and device."""
-    return (uniform(probs.shape, generator, probs) < probs).to(probs.dtype)
+    return (draw_uniform(probs.shape, generator, probs) < probs).to(probs.dtype)
 
 
-def categorical(probs: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+def draw_categorical(probs: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
     """num_samples class indices drawn with replacement from probs (K,): (num_samples,) int64."""
     drawn = torch.multinomial(probs.to(_draw_device(generator, probs)), num_samples, replacement=True,
                               generator=generator)
     return drawn.to(probs.device)
 
 
-def uniform_(buffer: Tensor, generator: torch.Generator | None) -> Tensor:
+def fill_uniform(buffer: Tensor, generator: torch.Generator | None) -> Tensor:
     """Fill `buffer` with U[0, 1) draws in place (no allocation when the generator is on buffer's
     device, as in a sampler's hot loop) and return it."""
     if generator is None or generator.device == buffer.device:

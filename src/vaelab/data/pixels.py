@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from vaelab.errors import DataError
+from vaelab.noise import draw_uniform
 from vaelab.data.datasets import Split
 
 PIXEL_MODELS = ("continuous", "dequantize", "dynamic", "fixed")
@@ -31,7 +32,7 @@ def check_pixel_model(pixel_model: str) -> None:
 
 def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One Bernoulli draw per pixel with probability x: (u < x) with u ~ U[0, 1). x: (B, C, H, W) in [0, 1]."""
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # (B, C, H, W)
+    u = draw_uniform(x.shape, generator, like=x)  # (B, C, H, W)
     return (u < x).to(x.dtype)
 
 
@@ -40,7 +41,7 @@ def dequantizer(levels: int) -> Transform:
 
     def dequantize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         k = torch.round(x * (levels - 1))  # (B, C, H, W) integer grey levels 0 .. levels-1
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        u = draw_uniform(x.shape, generator, like=x)
         return (k + u) / levels
 
     return dequantize

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaelab import noise
+from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.datasets import Split
 from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from vaelab.errors import VaelabError
@@ -223,7 +223,7 @@ def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: f
     step_size (B,) (one per example), Metropolis accept/reject on H = U(z) + |p|^2 / 2.
     Returns the new point and the acceptances (K, B) bool."""
     eps = step_size[None, :, None].to(point.z.dtype)  # (1, B, 1)
-    momentum0 = noise.normal(point.z.shape, generator, like=point.z)
+    momentum0 = draw_normal(point.z.shape, generator, like=point.z)
     momentum = momentum0 - 0.5 * eps * point.energy_grad(beta)  # half step
     z = point.z + eps * momentum
     for _ in range(leapfrog_steps - 1):
@@ -235,7 +235,7 @@ def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: f
 
     current = point.energy(beta) + 0.5 * momentum0.pow(2).sum(-1)  # (K, B)
     proposed = proposal.energy(beta) + 0.5 * momentum.pow(2).sum(-1)
-    log_u = noise.uniform(current.shape, generator, like=current).log()
+    log_u = draw_uniform(current.shape, generator, like=current).log()
     accept = (log_u < current - proposed) & torch.isfinite(proposed)  # NaN/inf proposals are rejected
     return _choose(accept, proposal, point), accept
 

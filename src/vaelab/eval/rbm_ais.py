@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaelab import noise
+from vaelab.noise import fill_uniform
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
 from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
@@ -173,7 +173,7 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
     activation = torch.empty(num_runs, num_hidden, device=device, dtype=dtype)  # c + v W
     visible_input = torch.empty(num_runs, num_visible, device=device, dtype=dtype)
     # v_1 ~ p_A exactly: independent pixels with p(v_i = 1) = sigmoid(b_A,i).
-    v = (noise.uniform_(u_visible, generator) < torch.sigmoid(base)).to(dtype)  # (R, D)
+    v = (fill_uniform(u_visible, generator) < torch.sigmoid(base)).to(dtype)  # (R, D)
     log_w = torch.zeros(num_runs, device=device, dtype=torch.float64)
     beta_list = betas.tolist()
     for k in tqdm(range(1, len(beta_list)), disable=not progress, desc="AIS", leave=False, unit="beta"):
@@ -186,9 +186,9 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
         if k == len(beta_list) - 1:
             break
         # One block Gibbs sweep leaving p_k invariant: h ~ p_k(h_B | v), v ~ p_k(v | h_B).
-        h = (noise.uniform_(u_hidden, generator) < torch.sigmoid(activation.mul_(beta))).to(dtype)  # (R, H)
+        h = (fill_uniform(u_hidden, generator) < torch.sigmoid(activation.mul_(beta))).to(dtype)  # (R, H)
         torch.addmm((1 - beta) * base + beta * visible_bias, h, weight_t, alpha=beta, out=visible_input)  # (R, D)
-        v = (noise.uniform_(u_visible, generator) < visible_input.sigmoid_()).to(dtype)
+        v = (fill_uniform(u_visible, generator) < visible_input.sigmoid_()).to(dtype)
     return log_w
 
 

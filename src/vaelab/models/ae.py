@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from vaelab import noise
+from vaelab.noise import draw_categorical, draw_normal
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.distributions import BernoulliLikelihood
@@ -233,8 +233,8 @@ class AE(GenerativeModel):
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """h ~ p(h): a component k ~ Categorical(w), then h = mu_k + L_k eps, eps ~ N(0, I): (n, D)."""
         self._require_density()
-        component = noise.categorical(self.density_weights, num_samples, generator)  # (n,)
-        eps = noise.normal((num_samples, self.config.latent_dim), generator, like=self.density_means)  # (n, D)
+        component = draw_categorical(self.density_weights, num_samples, generator)  # (n,)
+        eps = draw_normal((num_samples, self.config.latent_dim), generator, like=self.density_means)  # (n, D)
         scale = self.density_scale_tril[component]  # (n, D, D)
         return self.density_means[component] + (scale @ eps.unsqueeze(-1)).squeeze(-1)
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from vaelab import noise
+from vaelab.noise import draw_normal
 from vaelab.config import config_from_dict, config_to_dict
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
@@ -122,7 +122,7 @@ class StandardNormalPrior:
 
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """(num_samples, D) draws on the model's device, in its parameters' dtype."""
-        return noise.normal((num_samples, self.latent_dim), generator, like=self.reference_tensor())
+        return draw_normal((num_samples, self.latent_dim), generator, like=self.reference_tensor())
 
     def prior_moments(self) -> tuple[Tensor, Tensor] | None:
         return None

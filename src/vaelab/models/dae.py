@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vaelab import noise
+from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.ae import AE, AEConfig
@@ -46,7 +46,7 @@ def chosen_pixels(x: Tensor, fraction: float, generator: torch.Generator | None 
     x (B, C, H, W) -> (B, count). The first `count` entries of a random permutation of each row."""
     batch, pixels = x.shape[0], math.prod(x.shape[1:])
     count = round(fraction * pixels)
-    scores = noise.uniform((batch, pixels), generator, like=x)  # (B, d)
+    scores = draw_uniform((batch, pixels), generator, like=x)  # (B, d)
     return scores.argsort(dim=1)[:, :count]  # (B, count)
 
 
@@ -66,12 +66,12 @@ class DAE(AE):
         from the global torch RNG (which the trainer seeds and checkpoints) when it is None."""
         level, kind = self.config.noise_level, self.config.corruption
         if kind == "gaussian":
-            return (x + level * noise.normal(x.shape, generator, like=x)).clamp(0.0, 1.0)
+            return (x + level * draw_normal(x.shape, generator, like=x)).clamp(0.0, 1.0)
         index = chosen_pixels(x, level, generator)  # (B, count)
         if kind == "masking":
             values = torch.zeros(index.shape, device=x.device, dtype=x.dtype)
         else:  # salt_and_pepper: 0 or 1 with equal probability
-            values = (noise.uniform(index.shape, generator, like=x) < 0.5).to(x.dtype)
+            values = (draw_uniform(index.shape, generator, like=x) < 0.5).to(x.dtype)
         return x.flatten(start_dim=1).scatter(1, index, values).view_as(x)
 
     @classmethod

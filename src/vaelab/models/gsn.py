@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab import noise
+from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
@@ -133,18 +133,18 @@ class GSN(GenerativeModel):
         if level == 0:
             return x
         if kind == "gaussian":
-            return x + level * noise.normal(x.shape, generator, like=x)
-        hit = noise.uniform(x.shape, generator, like=x) < level  # (B, D)
+            return x + level * draw_normal(x.shape, generator, like=x)
+        hit = draw_uniform(x.shape, generator, like=x) < level  # (B, D)
         if kind == "masking":
             return x.masked_fill(hit, 0.0)
-        salt = (noise.uniform(x.shape, generator, like=x) < 0.5).to(x.dtype)  # (B, D) the value a hit pixel takes
+        salt = (draw_uniform(x.shape, generator, like=x) < 0.5).to(x.dtype)  # (B, D) the value a hit pixel takes
         return torch.where(hit, salt, x)
 
     def _hidden_noise(self, h: Tensor, layer: int, generator: torch.Generator | None) -> Tensor:
         std = self.config.hidden_noise_std
         if std == 0 or (layer == 1 and self.config.noiseless_first_hidden):
             return h
-        return h + std * noise.normal(h.shape, generator, like=h)
+        return h + std * draw_normal(h.shape, generator, like=h)
 
     # -- one walkback step (the 2014 paper, Fig. 3) --------------------------------------------------
 
@@ -169,7 +169,7 @@ class GSN(GenerativeModel):
         logits = self._pre_activation(layers, 0)
         probs = torch.sigmoid(logits)
         if self.config.sample_visible:
-            x = (noise.uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)  # Bernoulli draw, no gradient
+            x = (draw_uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)  # Bernoulli draw, no gradient
         else:
             x = probs  # the mean goes on, and so does its gradient
         layers[0] = self.corrupt(x, generator)
@@ -265,7 +265,7 @@ class GSN(GenerativeModel):
         else:
             probs = self.pixel_means.clamp(0.0, 1.0)
         probs = probs.expand(num_chains, -1)  # (n, n_0)
-        return (noise.uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)
+        return (draw_uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)
 
     @torch.no_grad()
     def sample_chain(self, num_chains: int, steps: int, generator: torch.Generator | None = None,

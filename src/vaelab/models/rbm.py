@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab import noise
+from vaelab.noise import draw_bernoulli
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
@@ -125,9 +125,9 @@ class RBM(GenerativeModel):
 
     def gibbs_step(self, v: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One block Gibbs sweep h ~ p(h|v), v' ~ p(v|h): v (B, D) -> (v' (B, D), p(v'|h) (B, D))."""
-        h = noise.bernoulli(self.hidden_probs(v), generator)  # (B, H)
+        h = draw_bernoulli(self.hidden_probs(v), generator)  # (B, H)
         v_probs = self.visible_probs(h)  # (B, D)
-        return noise.bernoulli(v_probs, generator), v_probs
+        return draw_bernoulli(v_probs, generator), v_probs
 
     # -- the exact partition function of a small RBM -----------------------------------------
 
@@ -213,7 +213,7 @@ class RBM(GenerativeModel):
             probs = torch.sigmoid(self.visible_bias.detach()).expand(num_chains, -1)
         else:
             probs = torch.full((num_chains, self.num_visible), 0.5, device=self.weight.device)
-        return noise.bernoulli(probs, generator)
+        return draw_bernoulli(probs, generator)
 
     @torch.no_grad()
     def gibbs_chain(self, v0: Tensor, steps: int, generator: torch.Generator | None = None,
