@@ -19,8 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.checkpoint import RunConfig
-from vaelab.config import DataConfig
+from vaelab.config import DataConfig, RunConfig
 from vaelab.data.datasets import ImageDataset, Split
 from vaelab.data.pixels import fixed_view
 from vaelab.eval.likelihood import elbo
