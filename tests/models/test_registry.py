@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import COMMON, IMAGE_SHAPE, NUM_CLASSES, TINY_CONFIGS, build_tiny
 from tiny_runs import read_tensors, same_tensors, write_images
 
 import vaelab
 from vaelab.checkpoint import WEIGHTS_FILE
 from vaelab.cli import main
-from vaelab.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
 from vaelab.data.loader import Batch
 from vaelab.optim import Updater, build_optimizer
 from vaelab.registry import MODELS
 
-# KEY=VALUE settings that make each model tiny (6x6 images, 3 classes, 5 steps an epoch).
-TINY_CONFIGS: dict[str, list[str]] = {
-    "vae": ["hidden=[16]", "latent_dim=3"],
-    "ae": ["hidden=[16]", "latent_dim=3", "latent_density=gmm", "gmm_components=2"],
-    "cvae": ["hidden=[16]", "latent_dim=3"],
-    "dae": ["hidden=[16]", "latent_dim=3", "corruption=salt_and_pepper"],
-    "gan": ["architecture=dcgan", "latent_dim=3", "channels=[4,8]", "d_steps=2"],
-    "gsn": ["hidden=[12,8]", "sample_burn_in=5", "binarize=dynamic"],
-    "rbm": ["num_hidden=8", "burn_in=20", "persistent=true", "num_chains=8", "binarize=dynamic"],
-}
-COMMON = ["batch_size=8", "tensorboard=false"]
-IMAGE_SHAPE, NUM_CLASSES = (1, 6, 6), 3
 
 
 def test_every_model_has_a_tiny_config():
@@ -38,11 +26,7 @@ def test_every_model_has_a_tiny_config():
 
 
 def build(name: str):
-    model_class = MODELS[name]
-    configs = {"model": model_class.config_class(), "data": DataConfig(), "train": TrainConfig()}
-    configs = apply_overrides(configs, parse_overrides(TINY_CONFIGS[name] + COMMON))
-    torch.manual_seed(0)
-    return model_class(configs["model"], IMAGE_SHAPE, NUM_CLASSES), configs["train"]
+    return build_tiny(name)
 
 
 def tiny_batch(seed: int = 0) -> Batch:
