@@ -162,7 +162,7 @@ def load_training_state(run_dir: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             json_state = json.loads(handle.metadata()["state"])
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as error:
         raise VaelabError(f"cannot read checkpoint {path}: {error}") from None
     return _join_state(json_state, tensors)

@@ -12,9 +12,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaelab.errors import TrainingError, VaelabError
 from vaelab.version import __version__
+
+if TYPE_CHECKING:  # the models import torch: loaded only by the commands that need them
+    from vaelab.models.base import GenerativeModel
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -167,7 +171,7 @@ def cmd_reconstruct(args) -> int:
     from vaelab.models.capabilities import Reconstructor
     from vaelab.plots.images import save_images
 
-    model = _load_model(args)
+    model: GenerativeModel = _load_model(args)
     if not isinstance(model, Reconstructor):
         raise VaelabError(f"a {type(model).__name__} has no encoder to reconstruct with")
     run_config = load_run_config(args.run_dir)
@@ -408,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaelab: error: interrupted (a training run can continue with --resume)", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
+    except Exception as error:  # the last line of defence: one line, no traceback
         if debug:
             traceback.print_exc()
         print(f"vaelab: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",

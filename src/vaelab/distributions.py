@@ -87,8 +87,8 @@ class GaussianLikelihood:
 
     Fixed variance: the decoder emits the mean only and sigma = fixed_std.
     Learned variance: the decoder also emits a per-pixel log-variance (Kingma & Welling 2013,
-    appendix C.2), log sigma^2 = raw output, bounded below softly at min_std so that constant pixels (MNIST's black border)
-    cannot drive the density to infinity.
+    appendix C.2), log sigma^2 = raw output, bounded below softly at min_std so that constant pixels
+    (MNIST's black border) cannot drive the density to infinity.
     The mean goes through a sigmoid by default, as pixel intensities live in [0, 1]; with
     sigmoid_mean=False it is the decoder's output itself (the linear-Gaussian model).
     """

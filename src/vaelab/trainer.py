@@ -20,13 +20,22 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.checkpoint import (BEST_WEIGHTS, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE,
-                               load_training_state, load_weights, save_run_config, save_training_state,
-                               save_weights)
+from vaelab.checkpoint import (
+    BEST_WEIGHTS,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    load_training_state,
+    load_weights,
+    save_run_config,
+    save_training_state,
+    save_weights,
+)
 from vaelab.config import RunConfig
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
@@ -35,6 +44,9 @@ from vaelab.errors import TrainingError, VaelabError
 from vaelab.experiment import deterministic_view
 from vaelab.models.base import GenerativeModel
 from vaelab.optim import Updater, build_optimizer, build_scheduler
+
+if TYPE_CHECKING:  # imported in _open_tensorboard, only when TensorBoard logging is asked for
+    from torch.utils.tensorboard import SummaryWriter
 
 VALIDATION_SEED = 12345  # validation noise is drawn from its own fixed stream, never the training one
 TENSORBOARD_EVERY = 50  # steps between TensorBoard training scalars
@@ -85,16 +97,16 @@ class Trainer:
         self.updater = Updater(self.optimizers, self.cfg.grad_clip, self.cfg.precision, self.device.type)
         self.progress = Progress()
         self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-        self.writer = None
+        self.writer: SummaryWriter | None = None
 
     # -- state ------------------------------------------------------------------------------
 
     def _state(self) -> dict:
-        state = {"model": self.model.state_dict(),
-                 "optimizers": [opt.state_dict() for opt in self.optimizers],
-                 "schedulers": [sch.state_dict() for sch in self.schedulers],
-                 "rng": {"torch": torch.get_rng_state()},
-                 "progress": self.progress.__dict__.copy()}
+        state: dict[str, Any] = {"model": self.model.state_dict(),
+                                 "optimizers": [opt.state_dict() for opt in self.optimizers],
+                                 "schedulers": [sch.state_dict() for sch in self.schedulers],
+                                 "rng": {"torch": torch.get_rng_state()},
+                                 "progress": self.progress.__dict__.copy()}
         if self.device.type == "cuda":
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -105,9 +117,9 @@ class Trainer:
     def restore_checkpoint(self) -> None:
         state = load_training_state(self.run_dir)
         self.model.load_state_dict(state["model"])
-        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=False):
             opt.load_state_dict(opt_state)
-        for sch, sch_state in zip(self.schedulers, state["schedulers"]):
+        for sch, sch_state in zip(self.schedulers, state["schedulers"], strict=False):
             sch.load_state_dict(sch_state)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":

@@ -10,13 +10,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from vaelab.errors import DataError
 from vaelab.data.idx import read_idx
 from vaelab.data.sources import KNOWN_DATASETS, find_idx_files, resolve_dataset_dir
+from vaelab.errors import DataError
 
 DEFAULT_DATASET = "digits"
 DIGITS_TEST_SIZE = 297  # 1797 images -> 1500 train / 297 test
@@ -41,8 +42,8 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, index: torch.Tensor) -> Split:
-        """The images (and labels) at `index`, a (K,) integer tensor."""
+    def subset(self, index: torch.Tensor | slice) -> Split:
+        """The images (and labels) at `index`, a (K,) integer tensor or a slice."""
         labels = None if self.labels is None else self.labels[index]
         return Split(self.images[index], labels)
 
@@ -80,7 +81,9 @@ class ImageDataset:
             return len(self.class_names)
         if self.train.labels is None:
             return None
-        largest = max((int(split.labels.max()) for split in (self.train, self.test) if len(split)), default=-1)
+        # __post_init__ makes the test split labelled whenever the training split is.
+        labels = [split.labels for split in (self.train, self.test) if split.labels is not None]
+        largest = max((int(split_labels.max()) for split_labels in labels if len(split_labels)), default=-1)
         return largest + 1
 
 
@@ -97,7 +100,8 @@ def holdout_validation(split: Split, size: int | float, seed: int) -> tuple[Spli
     """Split `split` into (rest, validation) by a seeded permutation; both keep the original order.
 
     `size` is a count (an int, or a whole float >= 1 such as 5000.0) or a fraction of len(split)
-    (a float in [0, 1)); 0 gives an empty validation split. Use it on the training split only: the test split is never touched.
+    (a float in [0, 1)); 0 gives an empty validation split. Use it on the training split only: the
+    test split is never touched.
     """
     num_val = _validation_count(size, len(split))
     perm = seeded_permutation(len(split), seed)
@@ -107,7 +111,8 @@ def holdout_validation(split: Split, size: int | float, seed: int) -> tuple[Spli
 
 
 def _validation_count(size: int | float, n: int) -> int:
-    """Number of validation images for `size` (count or fraction) out of `n`; DataError if it leaves no training image."""
+    """Number of validation images for `size` (count or fraction) out of `n`; DataError if it leaves
+    no training image."""
     if isinstance(size, float) and 0 <= size < 1:
         count = round(size * n)
     elif isinstance(size, float) and size.is_integer():  # a count read from a float config field, e.g. 5000.0
@@ -155,7 +160,7 @@ def _load_path(path: Path) -> ImageDataset:
         return _load_image_folder(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _dataset_from_arrays(path, **_read_npz(path))
+        return _dataset_from_arrays(path, *_read_npz(path))
     if suffix == ".npy":
         return _dataset_from_arrays(path, x_train=_read_npy(path))
     raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r} (expected .npz, .npy or a folder of images)")
@@ -176,7 +181,8 @@ def load_idx_folder(directory: str | os.PathLike[str], name: str) -> ImageDatase
         labels = labels_from_array(read_idx(labels_path), len(images), str(labels_path), class_names)
         splits[split] = Split(images, labels)
     if levels["train"] != levels["test"]:
-        raise DataError(f"{directory}: train and test images differ in type (grey levels {levels['train']} vs {levels['test']})")
+        raise DataError(f"{directory}: train and test images differ in type "
+                        f"(grey levels {levels['train']} vs {levels['test']})")
     return ImageDataset(name, splits["train"], splits["test"], levels["train"], class_names, str(directory))
 
 
@@ -262,8 +268,17 @@ def labels_from_array(
     return labels
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
-    """The arrays of a .npz as keyword arguments of `_dataset_from_arrays`."""
+class _NpzArrays(NamedTuple):
+    """The arrays of a .npz, in the order of `_dataset_from_arrays`'s arguments."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def _read_npz(path: Path) -> _NpzArrays:
+    """The arrays of a .npz as the leading arguments of `_dataset_from_arrays`."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -275,11 +290,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray | None]:
             raise DataError(f"{path}: has {', '.join(sorted(keys))} but no x_train")
         if "x_test" not in keys and "y_test" in keys:
             raise DataError(f"{path}: has y_test but no x_test")
-        return {name: arrays.get(name) for name in ("x_train", "y_train", "x_test", "y_test")}
+        return _NpzArrays(arrays["x_train"], arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"))
     if "images" in keys:
-        return {"x_train": arrays["images"], "y_train": arrays.get("labels")}
+        return _NpzArrays(arrays["images"], y_train=arrays.get("labels"))
     if len(keys) == 1:
-        return {"x_train": arrays[keys.pop()]}
+        return _NpzArrays(arrays[keys.pop()])
     raise DataError(
         f"{path}: expected keys x_train/x_test (optional y_train/y_test), images (optional labels), "
         f"or a single array; found keys {', '.join(sorted(keys)) or '(none)'}"

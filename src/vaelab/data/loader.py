@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vaelab.errors import DataError
 from vaelab.data.datasets import Split
+from vaelab.errors import DataError
 
 
 def derive_seed(*values: int) -> int:

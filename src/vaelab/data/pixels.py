@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 
+from vaelab.data.datasets import Split
 from vaelab.errors import DataError
 from vaelab.noise import draw_uniform
-from vaelab.data.datasets import Split
 
 PIXEL_MODELS = ("continuous", "dequantize", "dynamic", "fixed")
 

@@ -97,9 +97,12 @@ def find_idx_files(directory: str | os.PathLike[str], spec: DatasetSpec | None =
     """Role -> path of the four IDX files in `directory`, each `.gz` or uncompressed; None if any is missing."""
     directory = Path(directory)
     files = spec.files if spec is not None else IDX_FILES
-    found = {role: _find_file(directory, file_name) for role, file_name in files.items()}
-    if any(path is None for path in found.values()):
-        return None
+    found: dict[str, Path] = {}
+    for role, file_name in files.items():
+        path = _find_file(directory, file_name)
+        if path is None:
+            return None
+        found[role] = path
     return found
 
 

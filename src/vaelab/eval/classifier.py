@@ -83,6 +83,7 @@ class FeatureClassifier(nn.Module):
     def __init__(self, architecture: ClassifierArchitecture):
         super().__init__()
         self.architecture = architecture
+        self.cache_info: dict[str, Any] | None = None  # set by load_or_train_classifier
         (in_channels, height, width), (c1, c2) = architecture.image_shape, architecture.channels
 
         def block(inputs: int, outputs: int) -> list[nn.Module]:
@@ -147,8 +148,8 @@ def _architecture_for(dataset: ImageDataset, channels: tuple[int, int], hidden: 
     if len(dataset.train) < 2:
         raise VaelabError(f"data set {dataset.name!r} has {len(dataset.train)} training images; the feature "
                           "classifier needs at least 2")
-    return ClassifierArchitecture(tuple(dataset.image_shape), dataset.num_classes, tuple(channels), hidden, dropout,
-                                  batch_norm)
+    c1, c2 = channels  # a list from a config is accepted too
+    return ClassifierArchitecture(dataset.image_shape, dataset.num_classes, (c1, c2), hidden, dropout, batch_norm)
 
 
 def accuracy(classifier: FeatureClassifier, images: Tensor, labels: Tensor) -> float:
@@ -184,6 +185,8 @@ def train_classifier(dataset: ImageDataset, *, epochs: int = DEFAULT_EPOCHS, see
 def _fit(classifier: FeatureClassifier, dataset: ImageDataset, epochs: int, shuffle: torch.Generator,
          batch_size: int, lr: float, progress: bool) -> None:
     """Minimize the cross-entropy by Adam with a cosine-decayed lr, through vaelab's one Updater."""
+    if dataset.train.labels is None:
+        raise VaelabError(f"data set {dataset.name!r} has no labels to train the feature classifier on")
     images, labels = dataset.train.images, dataset.train.labels.long()
     device = next(classifier.parameters()).device
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
@@ -210,7 +213,7 @@ def _fit(classifier: FeatureClassifier, dataset: ImageDataset, epochs: int, shuf
 
 def _sha256_of_tensor(tensor: Tensor) -> str:
     array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-    return hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
+    return hashlib.sha256(array.view(np.uint8).reshape(-1).data).hexdigest()
 
 
 def dataset_fingerprint(dataset: ImageDataset) -> dict[str, Any]:

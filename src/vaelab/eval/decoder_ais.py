@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.datasets import Split
 from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from vaelab.errors import VaelabError
@@ -42,6 +41,7 @@ from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_an
 from vaelab.eval.likelihood import bound_of
 from vaelab.models.capabilities import LatentDecoder, require
 from vaelab.models.modes import eval_mode
+from vaelab.noise import draw_normal, draw_uniform
 
 # Step-size adaptation of Wu et al.'s code (sampling/samplers.py, AISPath.build, and
 # algorithms/hmc.py, hmc_updates): after every transition the step grows by STEP_SIZE_INC when the

@@ -22,7 +22,8 @@ from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, mean_and_stderr
 from vaelab.models.capabilities import VariationalPosterior, require
 
-DEFAULT_MAX_ROWS = 8192  # decoder rows per chunk: ~26 MB of logits at 784 pixels; larger chunks ran slower (benchmarks/eval_speed.py)
+# Decoder rows per chunk: ~26 MB of logits at 784 pixels; larger chunks ran slower (benchmarks/eval_speed.py).
+DEFAULT_MAX_ROWS = 8192
 NOT_BINARY = ("cross-entropy, not a log-likelihood: a Bernoulli likelihood on pixels that are not binary "
               "(train and evaluate with binarize=dynamic for the published protocol)")
 

@@ -27,8 +27,7 @@ from vaelab.eval.reconstruction import reconstruction_error
 from vaelab.eval.sample_quality import inception_fid, sample_quality
 from vaelab.eval.sampling import draw_model_samples
 from vaelab.experiment import evaluation_split, raw_split
-from vaelab.models.capabilities import (BinaryRBM, LatentDecoder, Reconstructor, VariationalPosterior,
-                                        require)
+from vaelab.models.capabilities import BinaryRBM, LatentDecoder, Reconstructor, VariationalPosterior, require
 
 
 @dataclass

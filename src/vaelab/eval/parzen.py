@@ -118,7 +118,7 @@ def choose_sigma(samples, validation_images, sigmas: Sequence[float] = DEFAULT_S
     per_image = _parzen_log_likelihoods(samples, validation_images, sigmas, batch_size, sample_chunk, dtype,
                                         device, progress)  # (S, N)
     table = []
-    for sigma, values in zip(sigmas, per_image):
+    for sigma, values in zip(sigmas, per_image, strict=True):
         mean, stderr = mean_and_stderr(values)
         table.append({"sigma": sigma, "log_likelihood": mean, "stderr": stderr})
     best = max(range(len(sigmas)), key=lambda j: (table[j]["log_likelihood"], -j))
@@ -147,9 +147,10 @@ def parzen_estimate(model, validation_split: Split, test_split: Split, num_sampl
         raise VaelabError("the Parzen estimate needs non-empty validation and test splits")
     sigmas = _check_sigmas(sigmas)
     samples, counts = draw_model_samples(model, num_samples, seed, sample_batch_size, sample_kwargs)
-    common = {"batch_size": batch_size, "sample_chunk": sample_chunk, "progress": progress}
-    sigma, table = choose_sigma(samples, validation, sigmas, **common)
-    per_image = parzen_log_likelihood(samples, test_split.images, sigma, **common)
+    sigma, table = choose_sigma(samples, validation, sigmas, batch_size=batch_size, sample_chunk=sample_chunk,
+                                progress=progress)
+    per_image = parzen_log_likelihood(samples, test_split.images, sigma, batch_size=batch_size,
+                                      sample_chunk=sample_chunk, progress=progress)
     settings = {
         "estimator": "parzen window (Gaussian kernel on model samples)",
         "biased": True,

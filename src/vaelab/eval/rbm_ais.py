@@ -48,11 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaelab.noise import fill_uniform
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
 from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
 from vaelab.models.capabilities import BinaryRBM, require
+from vaelab.noise import fill_uniform
 
 # The schedule of Salakhutdinov & Murray (2008), section 5 (and their RBM_AIS.m): beta rises from
 # 0 to 0.5 in 500 uniform steps, to 0.9 in 4,000 and to 1 in 10,000: 14,500 steps in all.
@@ -86,7 +86,7 @@ def ais_schedule(num_steps: int = DEFAULT_NUM_STEPS) -> Tensor:
     if counts is None:
         return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
     betas, start = [torch.zeros(1, dtype=torch.float64)], 0.0
-    for (stop, _), count in zip(PAPER_SEGMENTS, counts):
+    for (stop, _), count in zip(PAPER_SEGMENTS, counts, strict=True):
         betas.append(torch.linspace(start, stop, count + 1, dtype=torch.float64)[1:])
         start = stop
     return torch.cat(betas)
@@ -97,7 +97,8 @@ def _describe_schedule(betas: Tensor) -> str:
     counts = _segment_counts(num_steps)
     if counts is not None and torch.equal(betas, ais_schedule(num_steps)):
         starts = [0.0] + [stop for stop, _ in PAPER_SEGMENTS[:-1]]
-        parts = [f"{start:g}->{stop:g} in {count}" for start, (stop, _), count in zip(starts, PAPER_SEGMENTS, counts)]
+        parts = [f"{start:g}->{stop:g} in {count}"
+                 for start, (stop, _), count in zip(starts, PAPER_SEGMENTS, counts, strict=True)]
         return "beta " + ", ".join(parts) + " uniform steps (Salakhutdinov & Murray 2008, scaled)"
     if torch.equal(betas, torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)):
         return f"beta 0->1 in {num_steps} uniform steps"

@@ -229,10 +229,10 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     `load_or_train_classifier(dataset)` (cached). Both sets have n = min(num_samples, len(split))
     points: a random subset of the split (seeded by derive_seed(seed, 1)), and n samples drawn with
     model.sample(b, generator=...) in batches of `batch_size` from a generator seeded with `seed` on
-    the model's device (the bootstrap uses derive_seed(seed, 2)); a conditional model draws the classes 0, 1, ..., K-1, 0, 1, ... (equal counts up to
-    one) via sample(b, label=...). Returns {"frechet_distance", "precision", "recall"} and
-    "class_consistency" for a conditional model; stderrs as in frechet_estimate (bootstrap),
-    precision_recall and class_consistency (binomial).
+    the model's device (the bootstrap uses derive_seed(seed, 2)); a conditional model draws the
+    classes 0, 1, ..., K-1, 0, 1, ... (equal counts up to one) via sample(b, label=...). Returns
+    {"frechet_distance", "precision", "recall"} and "class_consistency" for a conditional model;
+    stderrs as in frechet_estimate (bootstrap), precision_recall and class_consistency (binomial).
     """
     if classifier is None:
         from vaelab.eval.classifier import load_or_train_classifier  # trains on first use
@@ -255,8 +255,10 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     images, _ = draw_model_samples(model, n, seed, batch_size)  # (n, C, H, W); labels 0..K-1 cycling
     model_features = classifier.features(images, batch_size)
     if conditional:
-        requested = requested_labels(model, n).cpu()
-        hits = classifier.logits(images, batch_size).argmax(dim=1).cpu() == requested
+        requested = requested_labels(model, n)
+        if requested is None:
+            raise VaelabError("a conditional model must report the labels its samples were drawn for")
+        hits = classifier.logits(images, batch_size).argmax(dim=1).cpu() == requested.cpu()
 
     info = getattr(classifier, "cache_info", None) or {}
     common = {"num_samples": n, "num_samples_requested": num_samples, "seed": seed, "batch_size": batch_size,

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from vaelab.noise import draw_categorical, draw_normal
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.distributions import BernoulliLikelihood
@@ -37,6 +36,7 @@ from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.blocks import build_decoder, build_encoder
 from vaelab.models.training_graph import Node, TrainingGraph
+from vaelab.noise import draw_categorical, draw_normal
 
 ENCODE_BATCH_SIZE = 1000  # images encoded at a time when fitting the latent density
 GMM_RANDOM_STATE = 0  # scikit-learn's k-means initialisation of the mixture: fixed, so fits repeat
@@ -89,6 +89,11 @@ class AE(GenerativeModel):
     config_class = AEConfig
     reconstruction_description = "clean pass: decoder output g(f(x))"
     stochastic_reconstruction = False
+    # The fitted latent density's buffers (_register_density_buffers), declared for the type checker.
+    density_weights: Tensor  # (K,)
+    density_means: Tensor  # (K, D)
+    density_scale_tril: Tensor  # (K, D, D)
+    density_fitted: Tensor  # () bool
 
     def __init__(self, config: AEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)

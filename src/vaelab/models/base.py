@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from vaelab.noise import draw_normal
 from vaelab.config import config_from_dict, config_to_dict
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.distributions import standard_normal_log_prob
 from vaelab.errors import VaelabError
 from vaelab.models.training_graph import TrainingGraph
+from vaelab.noise import draw_normal
 from vaelab.optim import Updater
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]

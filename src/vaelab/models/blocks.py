@@ -43,7 +43,13 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int | None, act: 
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
+class Encoder(nn.Module):
+    """What every encoder is: images (B, C, H, W) -> features (B, out_features)."""
+
+    out_features: int
+
+
+class MLPEncoder(Encoder):
     """(B, C, H, W) -> flatten -> hidden layers -> (B, hidden[-1])."""
 
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], act: str,
@@ -72,7 +78,7 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(-1, *self.out_shape)
 
 
-class LinearEncoder(nn.Module):
+class LinearEncoder(Encoder):
     """No hidden layer: the features are the flattened pixels, so the model's posterior head is the
     whole (affine) encoder. With a linear decoder and a Gaussian likelihood this is the
     linear-Gaussian VAE, whose log p(x) is known exactly (probabilistic PCA)."""
@@ -105,7 +111,7 @@ def _halved(size: int) -> int:
     return (size + 1) // 2
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(Encoder):
     """Stride-2 3x3 convolutions (one per entry of `channels`), then an MLP over the flattened map.
     Works for any image size: each convolution halves the size, rounding up."""
 
@@ -161,11 +167,11 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.head(z).view(-1, *self.start_shape))
 
 
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder, "linear": LinearEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"mlp": MLPEncoder, "conv": ConvEncoder, "linear": LinearEncoder}
 DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder, "linear": LinearDecoder}
 
 
-def build_encoder(architecture: str, image_shape, hidden, act, channels) -> nn.Module:
+def build_encoder(architecture: str, image_shape, hidden, act, channels) -> Encoder:
     if architecture not in ENCODERS:
         raise ConfigError(f"unknown architecture {architecture!r}; choose one of {', '.join(ENCODERS)}")
     return ENCODERS[architecture](image_shape, hidden, act, channels)

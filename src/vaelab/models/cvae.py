@@ -102,7 +102,7 @@ class CVAE(VAE):
     # -- the training graph -------------------------------------------------------------------
 
     @classmethod
-    def training_graph(cls, config: CVAEConfig | None = None) -> TrainingGraph:
+    def training_graph(cls, config: VAEConfig | None = None) -> TrainingGraph:
         """The VAE's graph with the label y fed to the encoder and the decoder (drawn twice, once
         beside each network, so its arrows do not cross the graph)."""
         graph = super().training_graph(config)

@@ -28,11 +28,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.ae import AE, AEConfig
 from vaelab.models.training_graph import Node
+from vaelab.noise import draw_normal, draw_uniform
 
 
 @dataclass
@@ -75,8 +75,10 @@ class DAE(AE):
         return x.flatten(start_dim=1).scatter(1, index, values).view_as(x)
 
     @classmethod
-    def _graph_corruption(cls, config: DAEConfig) -> tuple[tuple[Node, ...], tuple[tuple[str, str], ...], str]:
+    def _graph_corruption(cls, config: AEConfig) -> tuple[tuple[Node, ...], tuple[tuple[str, str], ...], str]:
         """The training graph's one addition: x -> corrupt -> x_tilde -> encoder (the cost still sees x)."""
+        if not isinstance(config, DAEConfig):
+            raise ConfigError(f"the {cls.__name__} training graph needs a DAEConfig, got {type(config).__name__}")
         nodes = (Node("corrupt", f"corrupt q_D\n{config.corruption}, nu={config.noise_level:g}", "noise"),
                  Node("x_tilde", "x_tilde", "sampled"))
         return nodes, (("x", "corrupt"), ("corrupt", "x_tilde")), "x_tilde"

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.base import GenerativeModel, StandardNormalPrior, detached
-from vaelab.models.modes import eval_mode, frozen
 from vaelab.models.blocks import MLPDecoder, activation
+from vaelab.models.modes import eval_mode, frozen
 from vaelab.models.training_graph import Node, TrainingGraph
 from vaelab.optim import Updater
 
@@ -178,6 +178,8 @@ class GAN(GenerativeModel, StandardNormalPrior):
         super().__init__(config, image_shape, num_classes)
         config = self.config
         self._check_config(config)
+        self.generator: nn.Module  # G: z (B, D) -> logits (B, C, H, W)
+        self.discriminator: nn.Module  # D: x (B, C, H, W) -> logit (B,)
         if config.architecture == "mlp":
             # MLPDecoder lists its widths from the image side, so the generator's order is reversed
             self.generator = MLPDecoder(config.latent_dim, self.image_shape, self.image_shape[0],

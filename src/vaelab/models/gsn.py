@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.noise import draw_normal, draw_uniform
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.blocks import activation
 from vaelab.models.training_graph import Node, TrainingGraph
+from vaelab.noise import draw_normal, draw_uniform
 
 
 @dataclass
@@ -78,6 +78,7 @@ class GSN(GenerativeModel):
     reconstruction_description = ("one stochastic corrupt-encode-decode step: input corruption and hidden "
                                   "noise, one walkback step from zero hidden layers, P(X | h^1); seeded")
     stochastic_reconstruction = True
+    pixel_means: Tensor  # (n_0,) buffer registered in __init__; declared for the type checker
 
     def __init__(self, config: GSNConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -169,7 +170,8 @@ class GSN(GenerativeModel):
         logits = self._pre_activation(layers, 0)
         probs = torch.sigmoid(logits)
         if self.config.sample_visible:
-            x = (draw_uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)  # Bernoulli draw, no gradient
+            # Bernoulli draw, no gradient
+            x = (draw_uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)
         else:
             x = probs  # the mean goes on, and so does its gradient
         layers[0] = self.corrupt(x, generator)
@@ -182,12 +184,9 @@ class GSN(GenerativeModel):
         (logits of P(X | ...), sampled X)."""
         for i in range(1, self.num_layers + 1, 2):
             self._update_hidden(layers, i, generator)
-        visible = None
-        for i in range(0, self.num_layers + 1, 2):
-            if i == 0:
-                visible = self._update_visible(layers, generator)
-            else:
-                self._update_hidden(layers, i, generator)
+        visible = self._update_visible(layers, generator)  # X = h^0, the first even layer
+        for i in range(2, self.num_layers + 1, 2):
+            self._update_hidden(layers, i, generator)
         return visible
 
     def initial_layers(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:

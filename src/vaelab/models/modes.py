@@ -16,7 +16,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, flag in zip(module.parameters(), flags):
+        for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
 
 

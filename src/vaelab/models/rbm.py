@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.noise import draw_bernoulli
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.training_graph import Node, TrainingGraph
+from vaelab.noise import draw_bernoulli
 
 MAX_ENUMERATED_UNITS = 24  # log_partition_exact sums over 2^n states of the smaller layer
 
@@ -77,6 +77,7 @@ class RBM(GenerativeModel):
     reconstruction_description = ("one up-down Gibbs pass, mean-field: p(v | h = p(h|x)), probabilities "
                                   "in place of samples")
     stochastic_reconstruction = False
+    persistent_chains: Tensor  # (M, D) buffer, registered with persistent=True; declared for the type checker
 
     def __init__(self, config: RBMConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -256,7 +257,8 @@ class RBM(GenerativeModel):
         """Contrastive divergence: the data's free energy against that of Gibbs samples; the
         reconstruction error is only monitored."""
         config = config or cls.config_class()
-        chain = f"PCD-{config.cd_k}: persistent\nGibbs chains" if config.persistent else f"CD-{config.cd_k}: Gibbs\nchain from v"
+        chain = (f"PCD-{config.cd_k}: persistent\nGibbs chains" if config.persistent
+                 else f"CD-{config.cd_k}: Gibbs\nchain from v")
         # Nodes are declared top-down within each layer of the drawing.
         nodes = (Node("v", "v (data)", "input"), Node("rbm", "RBM\nE(v,h) = -b.v - c.h - v'Wh", "network"),
                  Node("h", "h ~ p(h|v)", "sampled"), Node("gibbs", chain, "noise"),

@@ -20,9 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.data.loader import Batch
-from vaelab.distributions import (BernoulliLikelihood, GaussianLikelihood, diag_gaussian_log_prob,
-                                  gaussian_kl_standard, log_mean_exp, reparameterize,
-                                  standard_normal_log_prob)
+from vaelab.distributions import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    diag_gaussian_log_prob,
+    gaussian_kl_standard,
+    log_mean_exp,
+    reparameterize,
+    standard_normal_log_prob,
+)
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel, StandardNormalPrior
 from vaelab.models.blocks import build_decoder, build_encoder

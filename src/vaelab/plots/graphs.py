@@ -92,8 +92,8 @@ def draw(graph: TrainingGraph, path: str | Path) -> Path:
         # beneath the boxes they cross.
         bend = 0.0 if span <= 1 else -2 * ARC_BULGE / span
         axes.annotate("", xy=end, xytext=start, zorder=3 if span <= 1 else 1,
-                      arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0, mutation_scale=14,
-                                      connectionstyle=f"arc3,rad={bend}"))
+                      arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0,
+                                      mutation_scale=14, connectionstyle=f"arc3,rad={bend}"))
     _legend(axes)
     axes.set_title(graph.title, fontsize=12)
     axes.axis("off")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaelab.files import atomic_write_bytes
 from vaelab.errors import VaelabError
+from vaelab.files import atomic_write_bytes
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
