@@ -259,7 +259,7 @@ def test_effective_sample_size_of_designed_weights():
     def sample_prior(n, generator=None):  # row k * B + b is chain k of example b
         return (torch.arange(n, dtype=torch.float64) // (n // chains))[:, None]
 
-    def log_likelihood(x, z, labels=None):
+    def log_likelihood(x, z, label=None):
         return -z[..., 0] * x[:, 0, 0, 0]  # (K, B)
 
     latent_model = LatentModel(1, standard_normal_log_prob, sample_prior, log_likelihood, "designed")
@@ -362,7 +362,7 @@ def test_observation_models_and_their_errors():
     assert latent_model_for(gan, observation="bernoulli").observation.startswith("bernoulli")
     x = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
     with pytest.raises(VaelabError, match="not class-conditional"):
-        ais_log_likelihood(latent_model_for(vae), x, num_steps=2, labels=torch.tensor([0, 1]))
+        ais_log_likelihood(latent_model_for(vae), x, num_steps=2, label=torch.tensor([0, 1]))
     cvae = CVAE(CVAEConfig(hidden=(8,), latent_dim=1), (1, 3, 3), num_classes=3).double()
     with pytest.raises(VaelabError, match="labels"):
         ais_log_likelihood(latent_model_for(cvae), x, num_steps=2)

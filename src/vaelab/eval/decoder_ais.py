@@ -64,11 +64,11 @@ class LatentModel:
 
     log_prior(z): z (..., D) -> log p(z) (...), differentiable in z.
     sample_prior(n, generator): n draws from p(z), (n, D).
-    log_likelihood(x, z, labels): log p(x|z) for x (B, C, H, W), z (S, B, D) -> (S, B),
-        differentiable in z; `labels` (B,) is the class of each example for a conditional model
+    log_likelihood(x, z, label): log p(x|z) for x (B, C, H, W), z (S, B, D) -> (S, B),
+        differentiable in z; `label` (B,) is the class of each example for a conditional model
         (None otherwise), so labels always travel with their images.
     observation: the observation model in words ("bernoulli ...", "gaussian sigma=0.1 ...").
-    conditional: True when log_likelihood needs labels.
+    conditional: True when log_likelihood needs a label.
     """
 
     latent_dim: int
@@ -115,12 +115,12 @@ def _check_sigma(sigma: float | None, who: str) -> float:
     return float(sigma)
 
 
-def _check_labels(model: LatentDecoder, labels: Tensor | None) -> None:
+def _check_label(model: LatentDecoder, label: Tensor | None) -> None:
     conditional = bool(getattr(model, "conditional", False))
-    if conditional and labels is None:
+    if conditional and label is None:
         raise VaelabError(f"the {type(model).__name__} is class-conditional: pass the labels of x")
-    if not conditional and labels is not None:
-        raise VaelabError("this model is not class-conditional: pass no labels")
+    if not conditional and label is not None:
+        raise VaelabError("this model is not class-conditional: pass no label")
 
 
 def latent_model_for(model, observation: str | None = None, sigma: float | None = None) -> LatentModel:
@@ -142,9 +142,9 @@ def latent_model_for(model, observation: str | None = None, sigma: float | None 
     def sample_prior(n: int, generator: torch.Generator | None = None) -> Tensor:
         return from_latent(model.sample_prior(n, generator))
 
-    def log_likelihood(x: Tensor, u: Tensor, labels: Tensor | None = None) -> Tensor:
-        _check_labels(model, labels)
-        return likelihood.log_prob(x, model.decode(to_latent(u), labels))
+    def log_likelihood(x: Tensor, u: Tensor, label: Tensor | None = None) -> Tensor:
+        _check_label(model, label)
+        return likelihood.log_prob(x, model.decode(to_latent(u), label))
 
     prior = "N(0, I)" if moments is None else "the model's latent density, whitened"
     return LatentModel(model.latent_dim, log_prior, sample_prior, log_likelihood,
@@ -201,7 +201,7 @@ class _Point:
         return -(self.grad_prior + beta * self.grad_likelihood)
 
 
-def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, labels: Tensor | None) -> _Point:
+def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, label: Tensor | None) -> _Point:
     """log p(z), log p(x|z) and their separate gradients in z, so that the gradient of any
     log p(z) + beta log p(x|z) is at hand without another decoder pass. One backward pass: the two
     terms see two leaf copies of z, and the gradient of their sum splits into the two gradients."""
@@ -209,7 +209,7 @@ def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, labels: Tensor | 
         z_prior = z.detach().requires_grad_(True)
         z_likelihood = z.detach().requires_grad_(True)
         log_prior = latent_model.log_prior(z_prior)  # (K, B)
-        log_likelihood = latent_model.log_likelihood(x, z_likelihood, labels)  # (K, B)
+        log_likelihood = latent_model.log_likelihood(x, z_likelihood, label)  # (K, B)
         grad_prior, grad_likelihood = torch.autograd.grad(log_prior.sum() + log_likelihood.sum(),
                                                           (z_prior, z_likelihood))
     return _Point(z.detach(), log_prior.detach(), log_likelihood.detach(), grad_prior, grad_likelihood)
@@ -217,7 +217,7 @@ def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, labels: Tensor | 
 
 def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: float, step_size: Tensor,
                     leapfrog_steps: int, generator: torch.Generator | None,
-                    labels: Tensor | None) -> tuple[_Point, Tensor]:
+                    label: Tensor | None) -> tuple[_Point, Tensor]:
     """One HMC transition leaving p(z) p(x|z)^beta invariant (Neal 2011, "MCMC using Hamiltonian
     dynamics", section 5.2): momentum p ~ N(0, I), `leapfrog_steps` leapfrog steps of size
     step_size (B,) (one per example), Metropolis accept/reject on H = U(z) + |p|^2 / 2.
@@ -227,10 +227,10 @@ def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: f
     momentum = momentum0 - 0.5 * eps * point.energy_grad(beta)  # half step
     z = point.z + eps * momentum
     for _ in range(leapfrog_steps - 1):
-        proposal = _evaluate(latent_model, x, z, labels)
+        proposal = _evaluate(latent_model, x, z, label)
         momentum = momentum - eps * proposal.energy_grad(beta)
         z = z + eps * momentum
-    proposal = _evaluate(latent_model, x, z, labels)
+    proposal = _evaluate(latent_model, x, z, label)
     momentum = momentum - 0.5 * eps * proposal.energy_grad(beta)  # final half step
 
     current = point.energy(beta) + 0.5 * momentum0.pow(2).sum(-1)  # (K, B)
@@ -253,29 +253,29 @@ def _choose(accept: Tensor, proposal: _Point, point: _Point) -> _Point:
 @torch.no_grad()
 def hmc_sample(latent_model: LatentModel, x: Tensor, z: Tensor, *, beta: float = 1.0, num_transitions: int = 100,
                step_size: float = 0.1, leapfrog_steps: int = 10, generator: torch.Generator | None = None,
-               labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               label: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Run `num_transitions` HMC transitions with a fixed step size on p(z) p(x|z)^beta from
     z (K, B, D) (K chains for each example of x (B, C, H, W)). Returns the final z (K, B, D) and
     the acceptance rate per example (B,). beta=1 samples the posterior p(z|x)."""
-    point = _evaluate(latent_model, x, z, labels)
+    point = _evaluate(latent_model, x, z, label)
     step = torch.full((x.shape[0],), float(step_size), device=z.device, dtype=torch.float64)
     accepted = torch.zeros(x.shape[0], device=z.device, dtype=torch.float64)
     for _ in range(num_transitions):
-        point, accept = _hmc_transition(latent_model, x, point, beta, step, leapfrog_steps, generator, labels)
+        point, accept = _hmc_transition(latent_model, x, point, beta, step, leapfrog_steps, generator, label)
         accepted += accept.double().mean(0)
     return point.z, accepted / max(num_transitions, 1)
 
 
 # -- AIS --------------------------------------------------------------------------------------------
 
-def _ais_chunk(latent_model: LatentModel, x: Tensor, labels: Tensor | None, betas: Tensor, num_chains: int,
+def _ais_chunk(latent_model: LatentModel, x: Tensor, label: Tensor | None, betas: Tensor, num_chains: int,
                leapfrog_steps: int, initial_step_size: float, target_acceptance: float,
                generator: torch.Generator | None) -> dict[str, Tensor]:
     """AIS for the examples of one chunk, all chains at once: log-weights (K, B) float64, mean
     acceptance (B,), final step sizes (B,)."""
     batch = x.shape[0]
     z = latent_model.sample_prior(num_chains * batch, generator).view(num_chains, batch, -1)  # row k*B + b
-    point = _evaluate(latent_model, x, z, labels)
+    point = _evaluate(latent_model, x, z, label)
     log_w = torch.zeros(num_chains, batch, device=x.device, dtype=torch.float64)
     step = torch.full((batch,), float(initial_step_size), device=x.device, dtype=torch.float64)
     average = torch.full((batch,), float(target_acceptance), device=x.device, dtype=torch.float64)
@@ -287,7 +287,7 @@ def _ais_chunk(latent_model: LatentModel, x: Tensor, labels: Tensor | None, beta
         if t == num_steps:
             break  # a transition at beta_T = 1 would not change the weights
         point, accept = _hmc_transition(latent_model, x, point, float(betas[t]), step, leapfrog_steps,
-                                        generator, labels)
+                                        generator, label)
         rate = accept.double().mean(0)  # (B,)
         accepted += rate
         # Wu et al.'s hmc_updates: the new step follows the running rate before this transition's update.
@@ -301,7 +301,7 @@ def _ais_chunk(latent_model: LatentModel, x: Tensor, labels: Tensor | None, beta
 def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 1000, num_chains: int = 16,
                        leapfrog_steps: int = 10, initial_step_size: float = 0.05,
                        target_acceptance: float = 0.65, generator: torch.Generator | None = None,
-                       schedule: str = "sigmoid", labels: Tensor | None = None,
+                       schedule: str = "sigmoid", label: Tensor | None = None,
                        max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """AIS estimate of log p(x) for each image of x (B, C, H, W) (Wu et al. 2017).
 
@@ -312,7 +312,7 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
     (x1.02 / x0.98 per transition on a running acceptance rate, clipped to [1e-4, 0.5]); their
     code shares one step size across the batch, here each example has its own.
 
-    labels (B,): the classes of x, for a conditional latent model; chunked with x.
+    label (B,): the classes of x, for a conditional latent model; chunked with x.
     Examples run in chunks of max(1, max_rows // num_chains) examples; all chains of a chunk form
     one (num_chains, chunk, D) tensor.
 
@@ -327,16 +327,16 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
         raise VaelabError("num_chains and leapfrog_steps must be at least 1")
     if not 0.0 < target_acceptance < 1.0:
         raise VaelabError(f"target_acceptance must be in (0, 1), got {target_acceptance}")
-    if latent_model.conditional and labels is None:
+    if latent_model.conditional and label is None:
         raise VaelabError("this latent model is class-conditional: pass the labels of x")
-    if labels is not None and labels.shape != (x.shape[0],):
-        raise VaelabError(f"{x.shape[0]} images but labels of shape {tuple(labels.shape)}")
+    if label is not None and label.shape != (x.shape[0],):
+        raise VaelabError(f"{x.shape[0]} images but label of shape {tuple(label.shape)}")
     betas = annealing_schedule(num_steps, schedule)
     chunk = max(1, max_rows // num_chains)
     parts: list[dict[str, Tensor]] = []
     for start in range(0, x.shape[0], chunk):
-        chunk_labels = None if labels is None else labels[start:start + chunk]
-        parts.append(_ais_chunk(latent_model, x[start:start + chunk], chunk_labels, betas, num_chains,
+        chunk_label = None if label is None else label[start:start + chunk]
+        parts.append(_ais_chunk(latent_model, x[start:start + chunk], chunk_label, betas, num_chains,
                                 leapfrog_steps, initial_step_size, target_acceptance, generator))
     diagnostics = {name: torch.cat([part[name] for part in parts], dim=-1) for name in parts[0]}
     statistics = importance_weight_statistics(diagnostics["log_weights"])
@@ -359,7 +359,7 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
                 batch_size: int = 100, max_rows: int = DEFAULT_MAX_ROWS, observation: str | None = None,
                 sigma: float | None = None, seed: int = 0, progress: bool = False) -> Estimate:
     """Mean AIS log p(x) over the split (nats per example) for a VAE, CVAE, AE, DAE or GAN
-    (Wu et al. 2017), with the model in eval mode; a CVAE gets each batch's labels.
+    (Wu et al. 2017), with the model in eval mode; a CVAE gets each batch's label.
 
     stderr is the standard error of that mean over examples (the spread of log p(x) across images;
     the per-example Monte Carlo error over chains is far smaller at the published settings and is
@@ -374,7 +374,7 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
         for x, label in evaluation_batches(model, split, batch_size, desc="decoder AIS", progress=progress):
             log_px, stderr, diagnostics = ais_log_likelihood(
                 latent_model, x, num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
-                generator, schedule, labels=label, max_rows=max_rows)
+                generator, schedule, label=label, max_rows=max_rows)
             for name, value in (("log_px", log_px), ("stderr", stderr), ("ess", diagnostics["ess"]),
                                 ("acceptance_rate", diagnostics["acceptance_rate"])):
                 parts[name].append(value.cpu())
@@ -395,7 +395,7 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
 
 @torch.no_grad()
 def prior_importance_log_likelihood(latent_model: LatentModel, x: Tensor, num_samples: int = 1000,
-                                    generator: torch.Generator | None = None, labels: Tensor | None = None,
+                                    generator: torch.Generator | None = None, label: Tensor | None = None,
                                     max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
     """The cheap estimate log (1/S) sum_s p(x|z_s), z_s ~ p(z), per example (B,): importance
     sampling with the prior as proposal (AIS with one step). A stochastic lower bound, loose in
@@ -406,7 +406,7 @@ def prior_importance_log_likelihood(latent_model: LatentModel, x: Tensor, num_sa
     while drawn < num_samples:
         count = min(per_chunk, num_samples - drawn)
         z = latent_model.sample_prior(count * x.shape[0], generator).view(count, x.shape[0], -1)
-        running = torch.logaddexp(running, torch.logsumexp(latent_model.log_likelihood(x, z, labels).double(), 0))
+        running = torch.logaddexp(running, torch.logsumexp(latent_model.log_likelihood(x, z, label).double(), 0))
         drawn += count
     return running - math.log(num_samples)
 
