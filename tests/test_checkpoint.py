@@ -212,15 +212,21 @@ def test_training_state_round_trips_exactly(tmp_path):
         assert torch.equal(twin.state_dict()[name], tensor), name
 
 
-def test_training_state_overwrites_atomically_and_bad_files_are_errors(tmp_path):
+def test_training_state_overwrites_atomically_and_bad_files_are_errors(tmp_path, capsys):
     _, _, state = _training_state()
     with pytest.raises(VaelabError, match="nothing to resume"):
         load_training_state(tmp_path)
     save_training_state(tmp_path, state)
+    first_step = state["progress"]["step"]
     state["progress"]["step"] = 4
     save_training_state(tmp_path, state)
     assert load_training_state(tmp_path)["progress"]["step"] == 4
     _truncate(tmp_path / CHECKPOINT_DIR / "last.safetensors")
+    # the damaged last checkpoint is detected and the previous one used, with a warning
+    assert load_training_state(tmp_path)["progress"]["step"] == first_step != 4
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: cannot read checkpoint") and "resuming from the previous checkpoint" in warning
+    _truncate(tmp_path / CHECKPOINT_DIR / "previous.safetensors")
     with pytest.raises(VaelabError, match="cannot read checkpoint"):
         load_training_state(tmp_path)
 

@@ -39,8 +39,9 @@ def test_train_writes_a_complete_run_directory(tmp_path, data, capsys):
     assert not error_lines(stderr)
 
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
-    assert files == ["checkpoints/best.safetensors", "checkpoints/last.json", "checkpoints/last.safetensors",
-                     "config.json", "metrics.jsonl", "model.safetensors"]
+    assert files == [".lock", "checkpoints/best.safetensors", "checkpoints/last.json", "checkpoints/last.safetensors",
+                     "checkpoints/previous.safetensors", "config.json", "metrics.jsonl", "model.safetensors"]
+    assert (run / ".lock").read_text() == ""  # released: no process holds the run
 
     metrics = read_metrics(run, ignore=())
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -119,11 +120,12 @@ def _record_checkpoints(monkeypatch) -> list[tuple[int, int]]:
 def test_save_every_writes_checkpoints_mid_epoch(tmp_path, data, monkeypatch):
     saved = _record_checkpoints(monkeypatch)
     assert train(tmp_path / "a", data, "--epochs", "2") == 0
-    assert saved == [(5, 0), (10, 0)]  # epoch ends only (batch_in_epoch is reset for the next epoch)
+    # epoch ends only (batch_in_epoch is reset for the next epoch), then the finished run's one
+    assert saved == [(5, 0), (10, 0), (10, 0)]
     saved.clear()
     assert train(tmp_path / "b", data, "--epochs", "2", "--save-every", "2") == 0
     # every second step, wherever it falls in the epoch, and at each epoch end as before
-    assert saved == [(2, 2), (4, 4), (5, 0), (6, 1), (8, 3), (10, 5), (10, 0)]
+    assert saved == [(2, 2), (4, 4), (5, 0), (6, 1), (8, 3), (10, 5), (10, 0), (10, 0)]
 
 
 def test_a_crash_resumes_from_the_save_every_checkpoint(tmp_path, data, monkeypatch, capsys):
@@ -233,11 +235,12 @@ def test_resume_keeps_the_saved_config(tmp_path, data, capsys):
     capsys.readouterr()
     assert resume(run, "lr=0.5") == 2
     (line,) = error_lines(capsys.readouterr().err)
-    assert "--resume continues a run with its saved config" in line
-    assert train(run, data, "--resume") == 2  # --data (and any KEY=VALUE) belongs to the saved config
-    capsys.readouterr()
-    assert resume(tmp_path / "nothing") == 2
-    assert "not a vaelab run directory" in capsys.readouterr().err
+    assert line.startswith("vaelab: error: --resume: the command line differs from the saved run in "
+                           "lr= (saved 0.001, given 0.5); only --epochs")
+    assert train(run, data, "--resume", "--epochs", "1") == 0  # the same command line continues
+    assert "already finished at step 5" in capsys.readouterr().err
+    assert train(run, data, "--resume", "latent_dim=4") == 2
+    assert "latent_dim= (saved 3, given 4)" in capsys.readouterr().err
 
 
 def test_overwrite_replaces_the_run_and_keeps_other_files(tmp_path, data, capsys):
@@ -307,7 +310,7 @@ def test_a_nan_loss_stops_with_exit_1_and_keeps_the_last_checkpoint(tmp_path, da
     assert train(run, data, "--epochs", "3") == 1
     stderr = capsys.readouterr().err
     (line,) = error_lines(stderr)
-    assert "the training loss became nan at step 7" in line and "intact" in line
+    assert "step 7: the loss term 'loss' became nan" in line and "intact" in line
     assert "Traceback" not in stderr
     assert load_training_state(run)["progress"]["step"] == 5
     assert [m["step"] for m in read_metrics(run)] == [5]

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaelab.errors import TrainingError, VaelabError
+from vaelab.errors import StorageError, TrainingError, VaelabError
 from vaelab.version import __version__
 
 if TYPE_CHECKING:  # the models import torch: loaded only by the commands that need them
@@ -32,78 +32,110 @@ class _Parser(argparse.ArgumentParser):
 
 # -- train ---------------------------------------------------------------------------------------
 
-def _train_configs(args):
-    """Defaults <- --config YAML <- KEY=VALUE overrides <- explicit flags."""
-    from vaelab.config import DataConfig, TrainConfig, apply_overrides, load_yaml, parse_overrides
+def _given_values(args) -> list[dict]:
+    """The config values the command line gives, as layers applied in order: --config YAML,
+    KEY=VALUE overrides, then explicit flags."""
+    from vaelab.config import load_yaml, parse_overrides
+
+    flags = {"data.name": args.data, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
+             "train.max_steps": args.max_steps, "train.save_every": args.save_every,
+             "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision}
+    return [load_yaml(args.config) if args.config else {}, parse_overrides(args.overrides),
+            {key: value for key, value in flags.items() if value is not None}]
+
+
+def _fresh_run_config(args):
+    """Defaults <- the command line (_given_values); binarize=auto decided by the model."""
+    from vaelab.config import DataConfig, RunConfig, TrainConfig, apply_overrides
     from vaelab.registry import get_model_class
 
     model_class = get_model_class(args.model)
     configs = {"model": model_class.config_class(), "data": DataConfig(), "train": TrainConfig()}
-    if args.config:
-        configs = apply_overrides(configs, load_yaml(args.config))
-    configs = apply_overrides(configs, parse_overrides(args.overrides))
-    flags = {"data.name": args.data, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
-             "train.max_steps": args.max_steps, "train.save_every": args.save_every,
-             "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision}
-    configs = apply_overrides(configs, {key: value for key, value in flags.items() if value is not None})
+    for values in _given_values(args):
+        configs = apply_overrides(configs, values)
     # binarize=auto: the published protocol (dynamic binarization) for a model of binary images
     configs["data"] = configs["data"].resolved(model_class.prefers_binary_pixels(configs["model"]))
-    return configs
+    return RunConfig(model_name=args.model, model=configs["model"], data=configs["data"], train=configs["train"])
 
 
-def _resumed_config(args, run_dir: Path):
-    """A resumed run keeps its model and data; only the training budget and device may change."""
-    from vaelab.checkpoint import load_run_config
-    from vaelab.config import update_config
+def _run_config(args, run_dir: Path):
+    """(run config, resume?): a new run, or the saved one under --resume (see vaelab.resume); a
+    --resume of a run killed before its first checkpoint starts it from scratch, and says so."""
+    from vaelab.checkpoint import CONFIG_FILE, has_training_state, load_run_config
+    from vaelab.registry import get_model_class
+    from vaelab.resume import resumed_run_config
 
-    run_config = load_run_config(run_dir)
-    if run_config.model_name != args.model:
-        raise VaelabError(f"{run_dir} holds a {run_config.model_name!r} run, not {args.model!r}")
-    if args.overrides or args.config or args.data or args.data_dir:
-        raise VaelabError("--resume continues a run with its saved config; only --epochs, --max-steps, "
-                          "--save-every and --device may change")
-    flags = {"epochs": args.epochs, "max_steps": args.max_steps, "save_every": args.save_every,
-             "device": args.device}
-    run_config.train = update_config(run_config.train, {k: v for k, v in flags.items() if v is not None})
-    return run_config
+    if args.resume and has_training_state(run_dir):
+        saved = load_run_config(run_dir)
+        if saved.model_name != args.model:
+            raise VaelabError(f"{run_dir} holds a {saved.model_name!r} run, not {args.model!r}")
+        return resumed_run_config(saved, _given_values(args), get_model_class(args.model).prefers_binary_pixels), True
+    if args.resume:
+        print(f"no checkpoint in {run_dir} yet: starting the run from scratch", file=sys.stderr)
+    elif (run_dir / CONFIG_FILE).exists() and not args.overwrite:
+        raise VaelabError(f"{run_dir} already holds a run; use --resume to continue it, "
+                          "--overwrite to replace it, or --out for a new directory")
+    return _fresh_run_config(args), False
 
 
 def cmd_train(args) -> int:
-    import torch
-
-    from vaelab.checkpoint import CONFIG_FILE, build_model, clear_run
-    from vaelab.config import RunConfig
-    from vaelab.experiment import load_data, training_splits
-    from vaelab.trainer import Trainer
+    """Everything that can be refused (the config, the data, the model) is checked before the run
+    directory is locked and written to."""
+    from vaelab.experiment import data_identity, load_data, training_splits
+    from vaelab.files import run_lock
+    from vaelab.resume import check_data_identity
 
     run_dir = Path(args.out or f"runs/{args.model}")
-    if args.resume:
-        run_config = _resumed_config(args, run_dir)
-    else:
-        if (run_dir / CONFIG_FILE).exists() and not args.overwrite:
-            raise VaelabError(f"{run_dir} already holds a run; use --resume to continue it, "
-                              "--overwrite to replace it, or --out for a new directory")
-        configs = _train_configs(args)
-        run_config = RunConfig(model_name=args.model, model=configs["model"], data=configs["data"],
-                               train=configs["train"])
+    run_config, resume = _run_config(args, run_dir)
     dataset = load_data(run_config.data)
+    identity = data_identity(dataset)
+    if resume:
+        check_data_identity(run_config.data_identity, identity, dataset.source or dataset.name)
     run_config.image_shape, run_config.num_classes = dataset.image_shape, dataset.num_classes
-    run_config.class_names = dataset.class_names
-    train_split, val_split = training_splits(dataset, run_config.data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run_config.train.seed)  # the initial weights follow --seed too
-        model = build_model(run_config)
-    if not args.resume and args.overwrite:
-        clear_run(run_dir)
-    trainer = Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)
-    print(f"training {args.model} on {dataset.name} ({len(train_split)} train / {len(val_split)} val images, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, {trainer.device}) -> {run_dir}",
-          file=sys.stderr)
-    metrics = trainer.fit(resume=args.resume)
+    run_config.class_names, run_config.data_identity = dataset.class_names, identity
+    trainer = _trainer(run_config, run_dir, dataset, training_splits(dataset, run_config.data))
+    with run_lock(run_dir):
+        return _train(args, trainer, dataset, resume)
+
+
+def _train(args, trainer, dataset, resume: bool) -> int:
+    from vaelab.checkpoint import clear_run
+
+    run_dir = trainer.run_dir
+    if resume:
+        trainer.restore_checkpoint()
+        if trainer.finished:
+            print(f"{run_dir} already finished at step {trainer.progress.step}; nothing to do "
+                  "(raise --epochs or --max-steps to train it further)", file=sys.stderr)
+            return EXIT_OK
+    else:
+        clear_run(run_dir)  # --overwrite, or what a run killed before its first checkpoint left
+    _announce(args.model, dataset, trainer, run_dir)
+    metrics = trainer.fit(resume=resume)
     if metrics:
         print(f"done: step {metrics['step']}, val loss {metrics['val_loss']:.4f}; weights in {run_dir}",
               file=sys.stderr)
     return EXIT_OK
+
+
+def _trainer(run_config, run_dir: Path, dataset, splits):
+    import torch
+
+    from vaelab.checkpoint import build_model
+    from vaelab.trainer import Trainer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_config.train.seed)  # the initial weights follow --seed too
+        model = build_model(run_config)
+    train_split, val_split = splits
+    return Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)
+
+
+def _announce(model_name: str, dataset, trainer, run_dir: Path) -> None:
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    print(f"training {model_name} on {dataset.name} ({len(trainer.train_split)} train / "
+          f"{len(trainer.val_split)} val images, {parameters:,} parameters, {trainer.device}) -> {run_dir}",
+          file=sys.stderr)
 
 
 # -- sample / reconstruct ------------------------------------------------------------------------
@@ -268,8 +300,9 @@ def cmd_data(args) -> int:
 
 def _add_run_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaelab train'")
-    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                        help="final weights, or those with the best validation loss (default: final)")
+    parser.add_argument("--checkpoint", choices=["final", "best", "last"], default="final",
+                        help="final weights of a finished run, those with the best validation loss, or the "
+                             "last training checkpoint (default: final)")
 
 
 def _add_model_argument(parser) -> None:
@@ -406,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"vaelab: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except TrainingError as error:
+    except (TrainingError, StorageError) as error:
         print(f"vaelab: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

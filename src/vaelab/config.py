@@ -67,6 +67,7 @@ class TrainConfig:
     lr_step_size: int = 10  # epochs, for schedule=step
     lr_gamma: float = 0.5  # decay factor for step (per lr_step_size epochs) and exponential (per epoch)
     grad_clip: float = 0.0  # max global gradient norm; 0 disables
+    skip_nonfinite: int = 0  # skip up to this many steps whose loss or gradient is NaN/inf; 0: stop at the first
     early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0 disables
     save_every: int = 0  # also checkpoint every this many steps; 0: only at epoch ends
     seed: int = 0
@@ -87,12 +88,14 @@ class RunConfig:
     image_shape: tuple[int, ...] = (1, 28, 28)
     num_classes: int | None = None
     class_names: list[str] | None = None
+    data_identity: dict[str, Any] | None = None  # experiment.data_identity of the data trained on
 
     def to_dict(self) -> dict[str, Any]:
         return {"vaelab_version": __version__, "model_name": self.model_name,
                 "image_shape": list(self.image_shape), "num_classes": self.num_classes,
-                "class_names": self.class_names, "model": config_to_dict(self.model),
-                "data": config_to_dict(self.data), "train": config_to_dict(self.train)}
+                "class_names": self.class_names, "data_identity": self.data_identity,
+                "model": config_to_dict(self.model), "data": config_to_dict(self.data),
+                "train": config_to_dict(self.train)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], model_config_class: Callable[[str], type]) -> RunConfig:
@@ -103,7 +106,7 @@ class RunConfig:
                    data=config_from_dict(DataConfig, values["data"]),
                    train=config_from_dict(TrainConfig, values["train"]),
                    image_shape=tuple(values["image_shape"]), num_classes=values.get("num_classes"),
-                   class_names=values.get("class_names"))
+                   class_names=values.get("class_names"), data_identity=values.get("data_identity"))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

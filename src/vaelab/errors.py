@@ -15,3 +15,8 @@ class ConfigError(VaelabError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (the loss became NaN, ...): exit status 1, checkpoints kept."""
+
+
+class StorageError(RuntimeError):
+    """A file could not be written (a full disk, an unwritable directory): exit status 1, the
+    previous version of the file kept."""

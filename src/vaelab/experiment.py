@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+
 from vaelab.config import DataConfig
 from vaelab.data.datasets import ImageDataset, Split, holdout_validation, load_dataset
 from vaelab.data.pixels import fixed_view
@@ -54,3 +60,20 @@ def deterministic_view(split: Split, data: DataConfig, name: str, levels: int | 
 def evaluation_split(dataset: ImageDataset, data: DataConfig, split: str) -> Split:
     """The deterministic view of `split` (train, val or test) that evaluation scores."""
     return deterministic_view(raw_split(dataset, data, split), data, split, dataset.levels)
+
+
+def sha256_of_tensor(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (C order, on the CPU)."""
+    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+    return hashlib.sha256(array.view(np.uint8).reshape(-1).data).hexdigest()
+
+
+def data_identity(dataset: ImageDataset) -> dict[str, Any]:
+    """What makes a data set the same data set wherever it is found: its name, image shape, grey
+    levels and the SHA-256 of every split's images and labels (saved with a run, checked on resume)."""
+    identity: dict[str, Any] = {"name": dataset.name, "image_shape": list(dataset.image_shape),
+                                "levels": dataset.levels}
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        identity[f"{name}_images_sha256"] = sha256_of_tensor(split.images)
+        identity[f"{name}_labels_sha256"] = None if split.labels is None else sha256_of_tensor(split.labels)
+    return identity

@@ -54,13 +54,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return schedules[cfg.schedule]()
 
 
+class NonFiniteStep(ArithmeticError):
+    """A loss term or the gradients became NaN or infinite; the optimizer did not step."""
+
+    def __init__(self, term: str, value: float):
+        super().__init__(f"the loss term {term!r} became {value}")
+        self.term, self.value = term, value
+
+
 class Updater:
     """The one optimizer step of vaelab: every model's update goes through `minimize`.
 
     The trainer builds it from the train config; a model's train_step computes its terms inside
     `autocast()` (the configured precision) and hands the term to descend to `minimize`, which
     zeroes the gradients, back-propagates, clips the global gradient norm of that optimizer's
-    parameters to grad_clip (0: no clipping) and steps the optimizer.
+    parameters to grad_clip (0: no clipping) and steps the optimizer. A NaN or infinite objective or
+    gradient raises NonFiniteStep naming the term (the first non-finite entry of `terms`, else the
+    objective) before the optimizer steps, so the weights stay as they were.
     """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float = 0.0,
@@ -78,12 +88,29 @@ class Updater:
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def minimize(self, objective: torch.Tensor, optimizer_index: int = 0) -> None:
-        """One descent step of optimizers[optimizer_index] on the scalar `objective`."""
+    def minimize(self, objective: torch.Tensor, optimizer_index: int = 0,
+                 terms: dict[str, torch.Tensor] | None = None, name: str = "loss") -> None:
+        """One descent step of optimizers[optimizer_index] on the scalar `objective` (called `name`;
+        `terms` are the loss terms it was computed from, to name the one that is not finite)."""
         optimizer = self.optimizers[optimizer_index]
+        if not torch.isfinite(objective.detach()):
+            raise _non_finite(terms or {}, name, objective)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.grad_clip > 0:
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep(f"gradient of {name}", float(norm))
         optimizer.step()
+
+
+def _non_finite(terms: dict[str, torch.Tensor], name: str, objective: torch.Tensor) -> NonFiniteStep:
+    """The first term of `terms` that is not finite (the culprit, e.g. "kl"), else the objective."""
+    for term, value in terms.items():
+        if term != name and value.numel() == 1 and not torch.isfinite(value.detach()):
+            return NonFiniteStep(term, float(value.detach()))
+    return NonFiniteStep(name, float(objective.detach()))

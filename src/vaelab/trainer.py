@@ -42,8 +42,9 @@ from vaelab.data.loader import BatchIterator
 from vaelab.data.pixels import batch_transform
 from vaelab.errors import TrainingError, VaelabError
 from vaelab.experiment import deterministic_view
+from vaelab.files import make_directory
 from vaelab.models.base import GenerativeModel
-from vaelab.optim import Updater, build_optimizer, build_scheduler
+from vaelab.optim import NonFiniteStep, Updater, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:  # imported in _open_tensorboard, only when TensorBoard logging is asked for
     from torch.utils.tensorboard import SummaryWriter
@@ -74,6 +75,8 @@ class Progress:
     epoch_seconds: float = 0.0  # time spent in this epoch before an interruption
     best_val_loss: float = math.inf
     epochs_since_best: int = 0
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (skip_nonfinite)
+    finished: bool = False  # the final weights are written: training ended
 
 
 class Trainer:
@@ -96,6 +99,7 @@ class Trainer:
                            for opt in self.optimizers]
         self.updater = Updater(self.optimizers, self.cfg.grad_clip, self.cfg.precision, self.device.type)
         self.progress = Progress()
+        self.restored = False
         self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self.writer: SummaryWriter | None = None
 
@@ -115,6 +119,7 @@ class Trainer:
         save_training_state(self.run_dir, self._state())
 
     def restore_checkpoint(self) -> None:
+        """Continue from the run directory's checkpoint (the previous one if the last is damaged)."""
         state = load_training_state(self.run_dir)
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=False):
@@ -125,29 +130,47 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.progress = Progress(**state["progress"])
-        _truncate_metrics(self.run_dir / METRICS_FILE, completed_epochs=self.progress.epoch)
+        self.restored = True
 
     # -- the loop ---------------------------------------------------------------------------
 
+    @property
+    def finished(self) -> bool:
+        """The run's training ended (final weights written) and the budget leaves nothing to do."""
+        return self.progress.finished and not self.has_work()
+
+    def has_work(self) -> bool:
+        """Steps are left under epochs, max_steps and early stopping."""
+        return (self.progress.epoch < self.cfg.epochs and not self._reached_max_steps()
+                and not self._should_stop_early())
+
     def fit(self, resume: bool = False) -> dict:
-        """Train until `epochs`, `max_steps` or early stopping; returns the last metrics line."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
+        """Train until `epochs`, `max_steps` or early stopping, then write the final weights; returns
+        the last metrics line. resume=True continues from the checkpoint (restore_checkpoint, if
+        the caller has not already); a finished run with no budget left is left untouched."""
+        make_directory(self.run_dir)
+        if resume and not self.restored:
             self.restore_checkpoint()
-        else:
+        if not resume:
             torch.manual_seed(self.cfg.seed)
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if self.finished:
+            return {}
+        _truncate_metrics(self.run_dir / METRICS_FILE, completed_epochs=self.progress.epoch)
+        # From here on the run is not finished: model.safetensors would claim final weights it is not.
+        self.progress.finished = False
+        (self.run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
         save_run_config(self.run_dir, self.run_config)
+        return self._train()
+
+    def _train(self) -> dict:
         self._open_tensorboard()
         last_metrics: dict = {}
         try:
-            while self.progress.epoch < self.cfg.epochs and not self._reached_max_steps():
+            while self.has_work():
                 last_metrics = self._run_epoch()
-                if last_metrics.get("partial_epoch") or self._should_stop_early():
-                    break
         except KeyboardInterrupt:
             self.save_checkpoint()
-            save_weights(self.model, self.run_dir / WEIGHTS_FILE)
             raise
         finally:
             if self.writer is not None:
@@ -167,6 +190,8 @@ class Trainer:
             save_weights(best_model, best_path)
         self.model.eval().after_training(fit_split)
         save_weights(self.model, self.run_dir / WEIGHTS_FILE)
+        self.progress.finished = True
+        self.save_checkpoint()
 
     def _run_epoch(self) -> dict:
         p = self.progress
@@ -181,7 +206,7 @@ class Trainer:
             p.batch_in_epoch += 1
             p.epoch_seconds = time.perf_counter() - started
             bar.update(1)
-            if p.step % 10 == 0:
+            if terms is not None and p.step % 10 == 0:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items() if k in ("loss", "reconstruction", "kl")})
             if self.cfg.save_every and p.step % self.cfg.save_every == 0:
                 self.save_checkpoint()
@@ -190,23 +215,23 @@ class Trainer:
         bar.close()
         return self._end_epoch(partial=p.batch_in_epoch < len(batches))
 
-    def _train_step(self, batch) -> dict[str, float]:
+    def _train_step(self, batch) -> dict[str, float] | None:
+        """One update and its bookkeeping; None when the update was skipped (skip_nonfinite)."""
         p = self.progress
         batch = batch.to(self.device)
-        terms = self.model.train_step(batch, p.step, self.updater)
-        with warnings.catch_warnings():
-            # Schedules follow the trainer's step. An optimizer that skips steps (a GAN's generator
-            # with d_steps > 1) keeps the same schedule; PyTorch would warn about that ordering.
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            for scheduler in self.schedulers:
-                scheduler.step()
+        try:
+            terms = self.model.train_step(batch, p.step, self.updater)
+        except NonFiniteStep as fault:
+            self._skip_or_stop(fault)
+            terms = None
+        self._step_schedules()
         p.step += 1
+        if terms is None:
+            return None
         values = {name: float(value) for name, value in terms.items()}
         if not math.isfinite(values["loss"]):
-            saved = self.run_dir / CHECKPOINT_DIR / "last.safetensors"
-            kept = f"; the last checkpoint ({saved}) is intact" if saved.exists() else ""
-            raise TrainingError(f"the training loss became {values['loss']} at step {p.step}{kept} "
-                                "(try a lower lr, or grad_clip=1)")
+            self._skip_or_stop(NonFiniteStep("loss", values["loss"]))
+            return None
         for name, value in values.items():
             p.epoch_sums[name] = p.epoch_sums.get(name, 0.0) + value
         p.epoch_batches += 1
@@ -214,6 +239,28 @@ class Trainer:
             for name, value in values.items():
                 self.writer.add_scalar(f"train_step/{name}", value, p.step)
         return values
+
+    def _skip_or_stop(self, fault: NonFiniteStep) -> None:
+        """Count a non-finite step against skip_nonfinite, or stop the run with one line."""
+        p, allowed = self.progress, self.cfg.skip_nonfinite
+        if p.skipped_steps < allowed:
+            p.skipped_steps += 1
+            print(f"warning: step {p.step + 1}: {fault}; the step is skipped ({p.skipped_steps} of "
+                  f"{allowed} allowed by skip_nonfinite)", file=sys.stderr)
+            return
+        saved = self.run_dir / CHECKPOINT_DIR / "last.safetensors"
+        kept = f"; the last checkpoint ({saved}) is intact" if saved.exists() else ""
+        skipped = f" after {p.skipped_steps} skipped steps" if allowed else ""
+        raise TrainingError(f"step {p.step + 1}: {fault}{skipped}{kept} (try a lower lr, grad_clip=1, "
+                            "or skip_nonfinite=N to skip such steps)")
+
+    def _step_schedules(self) -> None:
+        with warnings.catch_warnings():
+            # Schedules follow the trainer's step. An optimizer that skips steps (a GAN's generator
+            # with d_steps > 1) keeps the same schedule; PyTorch would warn about that ordering.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            for scheduler in self.schedulers:
+                scheduler.step()
 
     def _end_epoch(self, partial: bool) -> dict:
         p = self.progress
@@ -224,6 +271,8 @@ class Trainer:
                    "lr": self.optimizers[0].param_groups[0]["lr"], "epoch_seconds": round(p.epoch_seconds, 3)}
         if partial:
             metrics["partial_epoch"] = True
+        if p.skipped_steps:
+            metrics["skipped_steps"] = p.skipped_steps  # so far, over the whole run
         self._log_epoch(metrics)
         # A partial epoch (stopped by max_steps) keeps its place for --resume; best-so-far tracking
         # and early stopping count whole epochs only.

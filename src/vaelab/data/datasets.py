@@ -6,16 +6,21 @@ Every source ends up as an `ImageDataset` with a train and a test `Split` of ima
 
 from __future__ import annotations
 
+import lzma
+import math
 import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
+import numpy.lib.format as npy_format
 import torch
 
-from vaelab.data.idx import read_idx
+from vaelab.data.idx import read_chunked, read_idx
 from vaelab.data.sources import KNOWN_DATASETS, find_idx_files, resolve_dataset_dir
 from vaelab.errors import DataError
 
@@ -23,6 +28,8 @@ DEFAULT_DATASET = "digits"
 DIGITS_TEST_SIZE = 297  # 1797 images -> 1500 train / 297 test
 TEST_FRACTION = 0.1  # held out as test when a user's data has no test split
 SPLIT_SEED = 0  # seed of the fixed train/test splits; changing it changes every reported number
+NPY_MAGIC = b"\x93NUMPY"  # numpy.lib.format.MAGIC_PREFIX
+MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096; a header claiming more is refused before decoding
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -227,14 +234,14 @@ def images_from_array(array: np.ndarray, where: str) -> tuple[torch.Tensor, int 
 
 def _layout(shape: tuple[int, ...], where: str) -> str:
     """'NHW', 'NCHW' or 'NHWC' for an images array of `shape`, or DataError."""
-    if len(shape) == 3 and shape[0] > 0:
+    if len(shape) == 3 and min(shape) > 0:
         return "NHW"
-    if len(shape) == 4 and shape[0] > 0 and shape[1] in (1, 3):
+    if len(shape) == 4 and min(shape) > 0 and shape[1] in (1, 3):
         return "NCHW"
-    if len(shape) == 4 and shape[0] > 0 and shape[3] in (1, 3):
+    if len(shape) == 4 and min(shape) > 0 and shape[3] in (1, 3):
         return "NHWC"
     raise DataError(
-        f"{where}: expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C) with N > 0 "
+        f"{where}: expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C) with N, H, W > 0 "
         f"and C in {{1, 3}}, found shape {shape}"
     )
 
@@ -278,35 +285,107 @@ class _NpzArrays(NamedTuple):
 
 
 def _read_npz(path: Path) -> _NpzArrays:
-    """The arrays of a .npz as the leading arguments of `_dataset_from_arrays`."""
+    """The arrays of a .npz as the leading arguments of `_dataset_from_arrays`.
+
+    Keys are the member names without `.npy`, as numpy.load gives them. Every member is read with
+    `_read_npy_stream` (never unpickled, never allocated beyond what the member really holds); a
+    member that is not a .npy array is an error only when its key is used.
+    """
+    arrays: dict[str, np.ndarray | None] = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                key = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    arrays[key] = _read_npy_stream(member, f"{path} ({info.filename})", npz_member=True)
+    except ZIP_ERRORS as e:
         raise DataError(f"{path}: cannot read .npz: {e}") from e
+
+    def array(key: str) -> np.ndarray:
+        value = arrays[key]
+        if value is None:
+            raise DataError(f"{path}: {key} is not a .npy array")
+        return value
+
+    def optional(key: str) -> np.ndarray | None:
+        return array(key) if key in arrays else None
+
     keys = set(arrays)
     if keys & {"x_train", "x_test", "y_train", "y_test"}:
         if "x_train" not in keys:
             raise DataError(f"{path}: has {', '.join(sorted(keys))} but no x_train")
         if "x_test" not in keys and "y_test" in keys:
             raise DataError(f"{path}: has y_test but no x_test")
-        return _NpzArrays(arrays["x_train"], arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"))
+        return _NpzArrays(array("x_train"), optional("y_train"), optional("x_test"), optional("y_test"))
     if "images" in keys:
-        return _NpzArrays(arrays["images"], y_train=arrays.get("labels"))
+        return _NpzArrays(array("images"), y_train=optional("labels"))
     if len(keys) == 1:
-        return _NpzArrays(arrays[keys.pop()])
+        return _NpzArrays(array(keys.pop()))
     raise DataError(
         f"{path}: expected keys x_train/x_test (optional y_train/y_test), images (optional labels), "
         f"or a single array; found keys {', '.join(sorted(keys)) or '(none)'}"
     )
 
 
+# What reading a damaged zip archive can raise: zipfile's own errors, and those of its decompressors
+# and of a member's extra fields (an unknown compression method, an encrypted member, a bad filename).
+ZIP_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, struct.error,
+              NotImplementedError, RuntimeError)
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """The array of a .npy file (never unpickled)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read .npy: {e}") from e
+        with open(path, "rb") as stream:
+            array = _read_npy_stream(stream, str(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read .npy: {e.strerror or e}") from e
+    assert array is not None  # only an npz member may be something other than an array
+    return array
+
+
+def _read_npy_stream(stream: BinaryIO, where: str, npz_member: bool = False) -> np.ndarray | None:
+    """The array of a .npy stream (a file or an npz member), in the .npy format of numpy.lib.format.
+
+    The header is read and checked first: no object dtype (that would need unpickling), no negative
+    dimension. The data is then read in chunks up to the size the header claims, so a header claiming
+    gigabytes costs only the bytes really there before the DataError saying the data is short.
+    An npz member that does not start with the .npy magic gives None (numpy.load returns its bytes).
+    """
+    magic = read_chunked(stream, len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        if npz_member:
+            return None
+        raise DataError(f"{where}: not a .npy file (it does not start with the .npy magic string; "
+                        "vaelab never reads pickled data)")
+    version = tuple(read_chunked(stream, 2))
+    # 3.0 differs from 2.0 only in the header's encoding (UTF-8 field names, never ours)
+    read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0,
+                   (3, 0): npy_format.read_array_header_2_0}.get(version)  # type: ignore[arg-type]
+    if read_header is None:
+        raise DataError(f"{where}: unsupported .npy format version {'.'.join(map(str, version)) or '(none)'}")
+    try:
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
+        raise DataError(f"{where}: invalid .npy header: {e}") from e
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds Python objects (dtype {dtype}); vaelab never unpickles data, "
+                        "save numeric arrays (uint8, bool or float)")
+    if any(size < 0 for size in shape):
+        raise DataError(f"{where}: .npy header gives a negative dimension, shape {shape}")
+    if dtype.itemsize == 0:
+        raise DataError(f"{where}: .npy dtype {dtype} has zero-size items")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    data = read_chunked(stream, nbytes + 1)
+    if len(data) < nbytes:
+        raise DataError(f"{where}: truncated .npy data: header says shape {shape} of {dtype} "
+                        f"({nbytes} bytes), found {len(data)} bytes")
+    if len(data) > nbytes:
+        raise DataError(f"{where}: data continues after the array of shape {shape} of {dtype} ({nbytes} bytes)")
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _dataset_from_arrays(
@@ -385,15 +464,23 @@ def _read_images(files: list[Path], folder: Path) -> np.ndarray:
     Each image is decoded as RGB (alpha dropped, palettes expanded); when all three channels are
     equal in every image, the data set is grey and one channel is kept.
     """
-    from PIL import Image, UnidentifiedImageError  # only needed for image folders
+    from PIL import Image  # only needed for image folders
 
     decoded: list[np.ndarray] = []
     for path in files:  # file I/O, once at load; not a hot path
         try:
             with Image.open(path) as image:
+                width, height = image.size  # from the header: nothing is decoded yet
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{path}: image is {width}x{height}, more than the {MAX_IMAGE_PIXELS} pixels "
+                                    "vaelab reads from one image file")
                 rgb = np.asarray(image.convert("RGB"))  # (H, W, 3)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: cannot read image: {e}") from e
+        except DataError:
+            raise
+        except Exception as e:  # a damaged file: Pillow's decoders raise OSError, SyntaxError, ValueError, ...
+            raise DataError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
+        if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise DataError(f"{path}: image has no pixels (size {rgb.shape[1::-1]})")
         if decoded and rgb.shape != decoded[0].shape:
             (height, width), (first_height, first_width) = rgb.shape[:2], decoded[0].shape[:2]
             raise DataError(

@@ -13,6 +13,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -30,6 +31,8 @@ IDX_TYPES: dict[int, np.dtype] = {
 }
 MAX_DIMS = 4
 GZIP_MAGIC = b"\x1f\x8b"
+READ_CHUNK = 1 << 20  # bytes read (or decompressed) at a time
+MAX_TRAILING_COUNT = 1 << 24  # trailing bytes of a gzip file are counted up to this many, then "more than"
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -38,46 +41,91 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Returns a writable array in native byte order with the file's dtype and shape.
     Raises DataError naming the file when it is unreadable, truncated, has trailing bytes,
     or its header is not a valid IDX header.
+
+    Memory stays proportional to the data the file really holds: a header claiming gigabytes is
+    checked against the file's size (raw) or against what decompresses (gzip, read in chunks and
+    never beyond what the header asks for), before anything of that size is allocated.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    dtype, shape, offset = _parse_header(path, data)
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 (closed below; the gzip reader wraps it)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read IDX file: {e.strerror or e}") from e
+    with raw:
+        compressed = _ChunkedReader(path, raw, "cannot read IDX file").read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        raw.seek(0)
+        if compressed:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                return _read_values(path, _ChunkedReader(path, unzipped, "corrupt gzip data"), None)
+        return _read_values(path, _ChunkedReader(path, raw, "cannot read IDX file"), os.fstat(raw.fileno()).st_size)
+
+
+def read_chunked(stream: BinaryIO, size: int) -> bytearray:
+    """Up to `size` bytes of `stream` (fewer only at its end), read READ_CHUNK at a time: a huge
+    `size` (a header's claim) never allocates more than the stream really delivers."""
+    data = bytearray()
+    while len(data) < size and (chunk := stream.read(min(size - len(data), READ_CHUNK))):
+        data += chunk
+    return data
+
+
+class _ChunkedReader:
+    """Reads a stream in bounded chunks; every read error becomes one DataError naming the file."""
+
+    def __init__(self, path: Path, stream: BinaryIO, problem: str):
+        self.path, self.stream, self.problem = path, stream, problem
+
+    def read(self, size: int) -> bytearray:
+        """Up to `size` bytes (fewer only at the end of the data); see `read_chunked`."""
+        try:
+            return read_chunked(self.stream, size)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{self.path}: {self.problem}: {getattr(e, 'strerror', None) or e}") from e
+
+    def count_rest(self, limit: int) -> int:
+        """How many bytes are left (read and dropped), counting at most `limit` + 1."""
+        count = 0
+        while count <= limit and (chunk := self.read(min(READ_CHUNK, limit + 1 - count))):
+            count += len(chunk)
+        return count
+
+
+def _read_values(path: Path, stream: _ChunkedReader, file_size: int | None) -> np.ndarray:
+    """The array of an IDX stream; `file_size` (raw files) lets a header's claim be checked before reading."""
+    dtype, shape, offset = _parse_header(path, stream)
     expected = offset + math.prod(shape) * dtype.itemsize
-    if len(data) < expected:
+    if file_size is not None and file_size < expected:
         raise DataError(
-            f"{path}: truncated IDX file: header says shape {shape} ({expected} bytes), found {len(data)} bytes"
+            f"{path}: truncated IDX file: header says shape {shape} ({expected} bytes), found {file_size} bytes"
         )
-    if len(data) > expected:
+    values = stream.read(expected - offset)
+    if len(values) < expected - offset:
         raise DataError(
-            f"{path}: {len(data) - expected} trailing bytes after the data of shape {shape} "
-            f"(expected {expected} bytes, found {len(data)})"
+            f"{path}: truncated IDX file: header says shape {shape} ({expected} bytes), "
+            f"found {offset + len(values)} bytes"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+    trailing = file_size - expected if file_size is not None else stream.count_rest(MAX_TRAILING_COUNT)
+    if trailing > MAX_TRAILING_COUNT:
+        raise DataError(f"{path}: more than {MAX_TRAILING_COUNT} trailing bytes after the data of shape {shape} "
+                        f"(expected {expected} bytes)")
+    if trailing:
+        raise DataError(
+            f"{path}: {trailing} trailing bytes after the data of shape {shape} "
+            f"(expected {expected} bytes, found {expected + trailing})"
+        )
+    array = np.frombuffer(values, dtype=dtype).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when it starts with the gzip magic number."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read IDX file: {e.strerror or e}") from e
-    if not data.startswith(GZIP_MAGIC):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt gzip data: {e}") from e
-
-
-def _parse_header(path: Path, data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
-    """Validate the IDX header; return (dtype, shape, offset of the first value)."""
-    if len(data) < 4:
-        raise DataError(f"{path}: not an IDX file: {len(data)} bytes, shorter than the 4-byte header")
-    zero0, zero1, type_code, ndim = data[:4]
+def _parse_header(path: Path, stream: _ChunkedReader) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and validate the IDX header; return (dtype, shape, offset of the first value)."""
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: not an IDX file: {len(magic)} bytes, shorter than the 4-byte header")
+    zero0, zero1, type_code, ndim = magic
     if zero0 != 0 or zero1 != 0:
         raise DataError(
-            f"{path}: not an IDX file: magic number must start with two zero bytes, found {data[:4].hex()}"
+            f"{path}: not an IDX file: magic number must start with two zero bytes, found {magic.hex()}"
         )
     if type_code not in IDX_TYPES:
         valid = ", ".join(f"0x{code:02X}" for code in IDX_TYPES)
@@ -85,9 +133,12 @@ def _parse_header(path: Path, data: bytes) -> tuple[np.dtype, tuple[int, ...], i
     if not 1 <= ndim <= MAX_DIMS:
         raise DataError(f"{path}: IDX header gives {ndim} dimensions, expected 1 to {MAX_DIMS}")
     offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {offset} bytes, found {len(data)}")
-    shape = struct.unpack(f">{ndim}I", data[4:offset])
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(
+            f"{path}: truncated IDX header: {ndim} dimensions need {offset} bytes, found {4 + len(dims)}"
+        )
+    shape = struct.unpack(f">{ndim}I", dims)
     if 0 in shape:
         raise DataError(f"{path}: IDX dimensions must be positive, found shape {shape}")
     return IDX_TYPES[type_code], shape, offset

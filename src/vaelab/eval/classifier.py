@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 from vaelab.data import sources
 from vaelab.data.datasets import ImageDataset
 from vaelab.errors import VaelabError
+from vaelab.experiment import sha256_of_tensor
 from vaelab.files import atomic_write_bytes, atomic_write_json
 from vaelab.optim import Updater
 
@@ -211,19 +211,14 @@ def _fit(classifier: FeatureClassifier, dataset: ImageDataset, epochs: int, shuf
 # -- the cache ---------------------------------------------------------------------------------
 
 
-def _sha256_of_tensor(tensor: Tensor) -> str:
-    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-    return hashlib.sha256(array.view(np.uint8).reshape(-1).data).hexdigest()
-
-
 def dataset_fingerprint(dataset: ImageDataset) -> dict[str, Any]:
     """The data set's identity: name, shapes, classes, and SHA-256 of the training images (float32
     bytes) and labels (int64 bytes). Two data sets with the same fingerprint train the same classifier."""
     labels = dataset.train.labels
     return {"name": dataset.name, "train_shape": list(dataset.train.images.shape),
             "test_shape": list(dataset.test.images.shape), "num_classes": dataset.num_classes,
-            "train_images_sha256": _sha256_of_tensor(dataset.train.images.float()),
-            "train_labels_sha256": None if labels is None else _sha256_of_tensor(labels.long())}
+            "train_images_sha256": sha256_of_tensor(dataset.train.images.float()),
+            "train_labels_sha256": None if labels is None else sha256_of_tensor(labels.long())}
 
 
 def cache_key(fingerprint: dict[str, Any], training: dict[str, Any]) -> str:

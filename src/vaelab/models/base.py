@@ -88,7 +88,7 @@ class GenerativeModel(nn.Module, abc.ABC):
         """One update on one batch: minimize loss()[objective]; returns the detached terms."""
         with updater.autocast():
             terms = self.loss(batch, step=step)
-        updater.minimize(terms[self.objective])
+        updater.minimize(terms[self.objective], terms=terms, name=self.objective)
         return detached(terms)
 
     def after_training(self, train_split: Split) -> None:

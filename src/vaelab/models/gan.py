@@ -289,7 +289,7 @@ class GAN(GenerativeModel, StandardNormalPrior):
             fake = self.generate(self.sample_prior(len(real)))  # (B, C, H, W)
         with updater.autocast():
             terms = self.discriminator_terms(real, fake)
-        updater.minimize(terms["d_loss"], optimizer_index=0)
+        updater.minimize(terms["d_loss"], optimizer_index=0, name="d_loss")
         return detached(terms)
 
     def generator_step(self, num_samples: int, updater: Updater) -> Tensor:
@@ -298,7 +298,7 @@ class GAN(GenerativeModel, StandardNormalPrior):
         BatchNorm statistics still see the fakes, as in the DCGAN code). Returns the detached loss."""
         with frozen(self.discriminator), updater.autocast():
             g_loss = self.generator_loss(self.discriminate(self.generate(self.sample_prior(num_samples))))
-        updater.minimize(g_loss, optimizer_index=1)
+        updater.minimize(g_loss, optimizer_index=1, name="g_loss")
         return g_loss.detach()
 
     # -- the training graph ---------------------------------------------------------------------
