@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from safetensors.torch import save as save_tensors_to_bytes
 
 from vaelab.config import RunConfig
 from vaelab.errors import VaelabError
-from vaelab.files import atomic_write_bytes, atomic_write_json, fsync_directory
+from vaelab.files import atomic_write_bytes, atomic_write_json, fsync_directory, replace
 from vaelab.models.base import GenerativeModel
 from vaelab.registry import get_model_class
 from vaelab.version import __version__
@@ -214,8 +213,8 @@ def save_training_state(run_dir: Path, state: dict[str, Any]) -> None:
     # Written in full first: a failed write (a full disk) leaves the last checkpoint as it was.
     atomic_save_tensors(pending, tensors, metadata={"state": json.dumps(json_state), "vaelab_version": __version__})
     if last.is_file():
-        os.replace(last, previous)  # a crash before the next rename leaves `previous` to resume from
-    os.replace(pending, last)
+        replace(last, previous)  # a crash before the next rename leaves `previous` to resume from
+    replace(pending, last)
     fsync_directory(last.parent)
     atomic_write_json(last.with_suffix(".json"), json_state)
 

@@ -94,6 +94,12 @@ def cmd_train(args) -> int:
     run_config.image_shape, run_config.num_classes = dataset.image_shape, dataset.num_classes
     run_config.class_names, run_config.data_identity = dataset.class_names, identity
     trainer = _trainer(run_config, run_dir, dataset, training_splits(dataset, run_config.data))
+    if resume:
+        trainer.restore_checkpoint()
+        if trainer.finished:  # said before the lock is taken: a finished run is not touched at all
+            print(f"{run_dir} already finished at step {trainer.progress.step}; nothing to do "
+                  "(raise --epochs or --max-steps to train it further)", file=sys.stderr)
+            return EXIT_OK
     with run_lock(run_dir):
         return _train(args, trainer, dataset, resume)
 
@@ -103,11 +109,7 @@ def _train(args, trainer, dataset, resume: bool) -> int:
 
     run_dir = trainer.run_dir
     if resume:
-        trainer.restore_checkpoint()
-        if trainer.finished:
-            print(f"{run_dir} already finished at step {trainer.progress.step}; nothing to do "
-                  "(raise --epochs or --max-steps to train it further)", file=sys.stderr)
-            return EXIT_OK
+        trainer.restore_checkpoint()  # again, under the lock: the checkpoint as it is now
     else:
         clear_run(run_dir)  # --overwrite, or what a run killed before its first checkpoint left
     _announce(args.model, dataset, trainer, run_dir)

@@ -27,11 +27,22 @@ LOCK_FILE = ".lock"
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """Make a rename or an unlink inside `directory` durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise StorageError(f"cannot write {directory}: {error.strerror or error}") from None
+
+
+def replace(source: Path, target: Path) -> None:
+    """os.replace, with an OSError turned into a StorageError naming the file."""
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        raise StorageError(f"cannot write {target}: {error.strerror or error}") from None
 
 
 @contextlib.contextmanager
