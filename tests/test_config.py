@@ -3,6 +3,7 @@ dotted and sectioned keys, YAML files and the benchmark config."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,69 @@ def test_bad_yaml_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         apply_overrides(defaults(), load_yaml(path))
+
+
+# Found by tests/test_fuzz.py: each raised something other than ConfigError (or never returned).
+HOSTILE_YAML = {
+    "not utf-8": (b"lr: \x80\xff\n", "not valid YAML: unacceptable character #x0080"),  # was UnicodeDecodeError
+    "int over 4300 digits": (b"epochs: " + b"1" * 5000, "not valid YAML: Exceeds the limit"),  # was ValueError
+    "nested 5000 deep": (b"hidden: " + b"[" * 5000 + b"]" * 5000, "not valid YAML: nested too deeply"),
+    "month 13": (b"seed: 2001-13-40\n", "not valid YAML: month must be in 1..12"),  # was ValueError
+    "timezone +99:00": (b"seed: 2001-12-14 21:59:43.10 +99:00\n", "not valid YAML: offset must be"),
+    "!!int 0x": (b"seed: !!int 0x\n", "not valid YAML: invalid literal for int"),
+    "non-string key": (b"1: 2\n", "config keys must be strings, got 1"),  # was AttributeError (no .partition)
+    "null key": (b"~: 2\n", "config keys must be strings, got None"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_YAML, ids=list(HOSTILE_YAML))
+def test_hostile_yaml_files(tmp_path, case):
+    content, message = HOSTILE_YAML[case]
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as error:
+        apply_overrides(defaults(), load_yaml(path))
+    assert "\n" not in str(error.value)
+
+
+def alias_bomb(prefix: str = "") -> str:
+    """10^9 ones built from nine anchored lists: parsing it is instant, printing it never ends."""
+    names = [f"{prefix}{letter}" for letter in "abcdefghi"]
+    return f"[&{names[0]} [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+        f"&{new} [{', '.join(['*' + old] * 10)}]" for old, new in itertools.pairwise(names)) + "]"
+
+
+def test_an_alias_bomb_gets_a_short_error(tmp_path):
+    """`lr: <bomb>` hung in the error message's repr of the value; now the repr is cut."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"lr: {alias_bomb()}\n")
+    with pytest.raises(ConfigError, match="lr must be a number, got \\[\\[") as error:
+        apply_overrides(defaults(), load_yaml(path))
+    assert len(str(error.value)) < 300
+    with pytest.raises(ConfigError, match="hidden\\[0\\] must be an integer"):
+        apply_overrides(defaults(), parse_overrides([f"hidden={alias_bomb()}"]))
+
+
+@pytest.mark.parametrize("pair,message", [
+    ("epochs=" + "1" * 5000, "epochs must be an integer, got '1111"),  # was ValueError from int()
+    ("hidden=" + "[" * 5000, "hidden\\[0\\] must be an integer"),  # was RecursionError; now the raw text
+    ("seed=2001-13-40", "seed must be an integer, got '2001-13-40'"),  # was ValueError from the timestamp
+])
+def test_override_values_yaml_cannot_construct_stay_text(pair, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        override(pair)
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("values", [{1: 2}, {None: 1}, {("a",): 1}, {True: "x"}])
+def test_apply_overrides_non_string_keys(values):
+    with pytest.raises(ConfigError, match="config keys must be strings"):
+        apply_overrides(defaults(), values)
+
+
+def test_a_section_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="DataConfig values must be a mapping"):
+        config_from_dict(DataConfig, [1, 2])
 
 
 def test_missing_and_empty_yaml_files(tmp_path):

@@ -388,6 +388,56 @@ def _add_graph_parser(commands) -> None:
     graph.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config keys, e.g. objective=iwae")
 
 
+# -- compare / report ------------------------------------------------------------------------------
+
+def cmd_compare(args) -> int:
+    from vaelab.comparison import compare, failed
+
+    models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
+    out = Path(args.out)
+    compare(models, data=args.data, budget=args.budget, out=out, seed=args.seed, data_dir=args.data_dir,
+            command=_command_line())
+    broken = failed(out)
+    print(f"report: {out / 'report.html'} (also {out / 'report.md'}, {out / 'results.json'})")
+    if broken:
+        print(f"vaelab: error: {len(broken)} model(s) failed: {', '.join(broken)}; see the report", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from vaelab.comparison import write_report
+
+    html, markdown = write_report(args.dir)
+    print(f"report: {html} (also {markdown})")
+    return EXIT_OK
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "vaelab " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+def _add_compare_parser(commands) -> None:
+    from vaelab.comparison.budget import BUDGETS
+
+    compare = commands.add_parser("compare", help="train and score every model, and write a report")
+    compare.add_argument("--models", help="comma-separated runs of the budget (default: all of them)")
+    compare.add_argument("--data", help="fashion-mnist, mnist, digits or a .npz/.npy/folder path "
+                                        "(default: the budget's data set)")
+    compare.add_argument("--data-dir", help="where to look for named datasets first")
+    compare.add_argument("--budget", default="quick",
+                         help=f"reference configs: {', '.join(BUDGETS)} or a .yaml file of that form (default: quick)")
+    compare.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
+    compare.add_argument("--seed", type=int, default=0)
+
+
+def _add_report_parser(commands) -> None:
+    report = commands.add_parser("report", help="rebuild a comparison's report from its saved runs")
+    report.add_argument("dir", metavar="DIR", help="a directory written by 'vaelab compare'")
+
+
 def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="locate (or download) a dataset and describe it")
     data.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, digits or a path")
@@ -402,6 +452,8 @@ COMMANDS = {
     "reconstruct": (cmd_reconstruct, _add_reconstruct_parser),
     "eval": (cmd_eval, _add_eval_parser),
     "graph": (cmd_graph, _add_graph_parser),
+    "compare": (cmd_compare, _add_compare_parser),
+    "report": (cmd_report, _add_report_parser),
     "data": (cmd_data, _add_data_parser),
 }
 
@@ -416,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, but KEY=VALUE overrides may also come after options (argparse alone stops
     collecting a trailing positional list once an option follows it)."""
     args, extra = parser.parse_known_args(argv)
@@ -433,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("VAELAB_DEBUG") == "1"
     try:
-        args = _parse(build_parser(), argv)
+        args = parse(build_parser(), argv)
         handler, _ = COMMANDS[args.command]
         return handler(args)
     except VaelabError as error:

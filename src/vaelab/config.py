@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -109,6 +110,19 @@ class RunConfig:
                    class_names=values.get("class_names"), data_identity=values.get("data_identity"))
 
 
+def _short(value: Any) -> str:
+    """repr(value) cut to a line: a YAML alias bomb (a list of lists of lists ... built from anchors)
+    is tiny to parse but astronomically long to repr in full."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 2, 60, 60, 60
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = 4
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(config)
@@ -129,18 +143,18 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
                 return _check_value(key, value, option)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {_short(value)}")
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {_short(value)}")
         return value
     if origin in (tuple, list):
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {_short(value)}")
         items = [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if annotation is bool:
@@ -148,13 +162,13 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {_short(value)}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {_short(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -163,11 +177,11 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        raise ConfigError(f"{key} must be a number, got {_short(value)}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {_short(value)}")
     return value
 
 
@@ -189,6 +203,8 @@ def update_config(config: Any, updates: dict[str, Any]) -> Any:
 
 def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
     """Build `config_class` from a (JSON or YAML) dict, type-checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_class.__name__} values must be a mapping of keys to values, got {_short(values)}")
     return update_config(config_class(), values)
 
 
@@ -199,11 +215,17 @@ def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
     return f"unknown config key {key!r}{hint}"
 
 
+# What yaml.safe_load raises for bad input: its own errors, and those of the constructors it calls
+# (`2001-13-40` is a timestamp with month 13, a 5000-digit int exceeds Python's int-from-text limit,
+# `[[[[...` nested a thousand deep exhausts the recursive composer)
+YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError)
+
+
 def parse_value(text: str) -> Any:
     """A KEY=VALUE right-hand side: YAML syntax, so `[300,300]`, `true`, `1e-3` and `bernoulli` all work."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except YAML_ERRORS:
         return text
 
 
@@ -221,11 +243,15 @@ def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file: either flat keys or sections `model:`, `data:`, `train:`."""
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        # bytes, so that YAML's reader decodes them (UTF-8/16) and rejects what is not text
+        values = yaml.safe_load(Path(path).read_bytes())
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid YAML: nested too deeply") from None
+    except YAML_ERRORS as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first_line}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -241,6 +267,8 @@ def split_by_section(values: dict[str, Any], configs: dict[str, Any]) -> dict[st
     routed: dict[str, dict[str, Any]] = {name: {} for name in configs}
     owners = {key: name for name, cfg in configs.items() for key in _field_types(type(cfg))}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {_short(key)}")
         if key in configs and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 _route(f"{key}.{sub_key}", sub_value, configs, owners, routed)

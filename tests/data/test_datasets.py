@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import re
+import struct
+import tracemalloc
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +81,10 @@ BAD_ARRAYS = {
     "2-D": (np.zeros((4, 9), dtype=np.uint8), "found shape \\(4, 9\\)"),
     "two channels": (np.zeros((4, 2, 3, 2), dtype=np.uint8), "C in \\{1, 3\\}"),
     "no images": (np.zeros((0, 3, 3), dtype=np.uint8), "N > 0"),
+    # found by tests/test_fuzz.py: float images of height 0 raised numpy's ValueError (min of an empty
+    # array), uint8 ones gave a data set of empty images
+    "zero height float": (np.zeros((4, 0, 3), dtype=np.float32), "H > 0, W > 0"),
+    "zero width uint8": (np.zeros((4, 1, 3, 0), dtype=np.uint8), "H > 0, W > 0"),
 }
 
 
@@ -167,6 +178,128 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "junk" / "a.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="a.png: cannot read image"):
         load_dataset(str(tmp_path / "junk"))
+
+
+# -- hostile files found by tests/test_fuzz.py: one DataError line each, no huge allocation ------------
+
+def _npy_header(shape: str, descr: str = "|u1", version: int = 1) -> bytes:
+    """A .npy preamble with header text for `shape` and `descr` (checked by nothing but the reader)."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode("latin1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    length = struct.pack("<H", len(header)) if version == 1 else struct.pack("<I", len(header))
+    return b"\x93NUMPY" + bytes([version, 0]) + length + header
+
+
+def _peak_traced_bytes(call) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _one_data_error(path: Path, match: str) -> DataError:
+    with pytest.raises(DataError, match=match) as error:
+        load_dataset(str(path))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    return error.value
+
+
+def test_npy_header_claiming_a_gigabyte_allocates_nothing(tmp_path: Path) -> None:
+    """numpy.load allocated the claimed 1e9 bytes (np.fromfile) before finding 100 bytes of data."""
+    path = tmp_path / "huge.npy"
+    path.write_bytes(_npy_header("(100000, 100, 100)") + bytes(100))
+    peak = _peak_traced_bytes(lambda: _one_data_error(path, "truncated .npy data: header says shape "
+                                                            "\\(100000, 100, 100\\) of uint8 \\(1000000000 bytes\\), "
+                                                            "found 100 bytes"))
+    assert peak < 16 << 20
+
+
+def test_npz_member_claiming_a_gigabyte_allocates_nothing(tmp_path: Path) -> None:
+    """numpy allocated an ndarray of the claimed size before reading an npz member."""
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x_train.npy", _npy_header("(100000, 100, 100)") + bytes(100))
+    peak = _peak_traced_bytes(lambda: _one_data_error(path, "cannot read .npz member x_train.npy: truncated"))
+    assert peak < 16 << 20
+
+
+BAD_NPY_HEADERS = {
+    # numpy's fallback header parser (for Python 2 files) raised tokenize.TokenError on a NUL byte
+    "nul byte": (_npy_header("(2, 0, 0)").replace(b"'shape", b"'shape\x00\x00"), "invalid .npy header"),
+    "negative dimension": (_npy_header("(-1, 2, 2)") + bytes(16), "negative dimension, shape \\(-1, 2, 2\\)"),
+    # numpy's message for a header over 10,000 characters spans three lines
+    "header too long": (_npy_header("(2,)" + " " * 20000, version=2), "invalid .npy header: Header info length"),
+    "object dtype": (_npy_header("(2,)", descr="|O") + bytes(16), "holds Python objects"),
+    "zero-size dtype": (_npy_header("(2,)", descr="|V0"), "zero-size items"),
+    "unknown version": (b"\x93NUMPY\x09\x00" + bytes(64), "unsupported .npy format version 9.0"),
+    "trailing data": (_npy_header("(2,)") + bytes(3), "data continues after the array"),
+    "pickle": (b"\x80\x04\x95\x00", "not a .npy file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NPY_HEADERS, ids=list(BAD_NPY_HEADERS))
+def test_bad_npy_headers(tmp_path: Path, case: str) -> None:
+    content, message = BAD_NPY_HEADERS[case]
+    (tmp_path / "bad.npy").write_bytes(content)
+    _one_data_error(tmp_path / "bad.npy", message)
+
+
+def _zip_with_method(path: Path, method: int = zipfile.ZIP_DEFLATED, flags: int | None = None) -> None:
+    """An npz of one good x_train, then its compression method or flags overwritten in both headers."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((4, 3, 3), np.uint8))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x_train.npy", buffer.getvalue())
+    data = bytearray(path.read_bytes())
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = data.find(signature)
+        if flags is not None:
+            data[start + at:start + at + 2] = struct.pack("<H", flags)
+        data[start + at + 2:start + at + 4] = struct.pack("<H", method)
+    path.write_bytes(bytes(data))
+
+
+def test_npz_members_zipfile_cannot_read(tmp_path: Path) -> None:
+    """zipfile raised NotImplementedError (compression method 99) and RuntimeError (an encrypted
+    member), which load_dataset let through."""
+    _zip_with_method(tmp_path / "method.npz", method=99)
+    _one_data_error(tmp_path / "method.npz", "cannot read .npz: .*compression method")
+    _zip_with_method(tmp_path / "encrypted.npz", flags=1)
+    _one_data_error(tmp_path / "encrypted.npz", "cannot read .npz: .*encrypted")
+
+
+def test_npz_member_names_stay_on_one_line(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "names.npz", "w") as archive:
+        archive.writestr("a\nb.npy", b"\x93NUMPY\x01\x00" + bytes(4))
+        archive.writestr("c\rd", b"junk")
+    _one_data_error(tmp_path / "names.npz", re.escape("member 'a\\nb.npy': invalid .npy header"))
+
+
+def _claimed_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, with 100 zero bytes of image data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(100)))
+            + chunk(b"IEND", b""))
+
+
+def test_png_headers_claiming_huge_images(tmp_path: Path) -> None:
+    """20000x20000: Pillow's DecompressionBombError (not an OSError) went through; 10000x10000: Pillow
+    warned, then allocated 100 MB before finding the data short. Now refused before decoding."""
+    for size in (20000, 10000):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        (folder / "a.png").write_bytes(_claimed_png(size, size))
+        (folder / "b.png").write_bytes(_claimed_png(2, 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no DecompressionBombWarning either
+            error = _one_data_error(folder, "a.png: ")
+        assert "DecompressionBomb" in str(error) or "more than the 16777216 pixels" in str(error)
 
 
 def _labelled_split(n: int) -> Split:

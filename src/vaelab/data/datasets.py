@@ -6,21 +6,24 @@ Every source ends up as an `ImageDataset` with a train and a test `Split` of ima
 
 from __future__ import annotations
 
+import io
 import lzma
 import math
 import os
 import struct
+import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.lib.format as npy_format
 import torch
 
-from vaelab.data.idx import read_chunked, read_idx
+from vaelab.data.idx import ByteStream, read_chunked, read_idx
 from vaelab.data.sources import KNOWN_DATASETS, find_idx_files, resolve_dataset_dir
 from vaelab.errors import DataError
 
@@ -241,7 +244,7 @@ def _layout(shape: tuple[int, ...], where: str) -> str:
     if len(shape) == 4 and min(shape) > 0 and shape[3] in (1, 3):
         return "NHWC"
     raise DataError(
-        f"{where}: expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C) with N, H, W > 0 "
+        f"{where}: expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C) with N > 0, H > 0, W > 0 "
         f"and C in {{1, 3}}, found shape {shape}"
     )
 
@@ -299,14 +302,15 @@ def _read_npz(path: Path) -> _NpzArrays:
                     continue
                 key = info.filename.removesuffix(".npy")
                 with archive.open(info) as member:
-                    arrays[key] = _read_npy_stream(member, f"{path} ({info.filename})", npz_member=True)
+                    arrays[key] = _read_npy_stream(member, f"{path}: cannot read .npz member {_name(info.filename)}",
+                                                   npz_member=True)
     except ZIP_ERRORS as e:
-        raise DataError(f"{path}: cannot read .npz: {e}") from e
+        raise DataError(f"{path}: cannot read .npz: {_one_line(e)}") from e
 
     def array(key: str) -> np.ndarray:
         value = arrays[key]
         if value is None:
-            raise DataError(f"{path}: {key} is not a .npy array")
+            raise DataError(f"{path}: {_name(key)} is not a .npy array")
         return value
 
     def optional(key: str) -> np.ndarray | None:
@@ -315,7 +319,7 @@ def _read_npz(path: Path) -> _NpzArrays:
     keys = set(arrays)
     if keys & {"x_train", "x_test", "y_train", "y_test"}:
         if "x_train" not in keys:
-            raise DataError(f"{path}: has {', '.join(sorted(keys))} but no x_train")
+            raise DataError(f"{path}: has {', '.join(map(_name, sorted(keys)))} but no x_train")
         if "x_test" not in keys and "y_test" in keys:
             raise DataError(f"{path}: has y_test but no x_test")
         return _NpzArrays(array("x_train"), optional("y_train"), optional("x_test"), optional("y_test"))
@@ -325,7 +329,7 @@ def _read_npz(path: Path) -> _NpzArrays:
         return _NpzArrays(array(keys.pop()))
     raise DataError(
         f"{path}: expected keys x_train/x_test (optional y_train/y_test), images (optional labels), "
-        f"or a single array; found keys {', '.join(sorted(keys)) or '(none)'}"
+        f"or a single array; found keys {', '.join(map(_name, sorted(keys))) or '(none)'}"
     )
 
 
@@ -335,23 +339,43 @@ ZIP_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, lzm
               NotImplementedError, RuntimeError)
 
 
+# .npy format version -> header reader; 3.0 differs from 2.0 only in the header's encoding (UTF-8
+# field names, which no array vaelab can use has)
+NPY_HEADER_READERS: dict[tuple[int, ...], Callable[[ByteStream], tuple[tuple[int, ...], bool, np.dtype]]] = {
+    (1, 0): npy_format.read_array_header_1_0,
+    (2, 0): npy_format.read_array_header_2_0,
+    (3, 0): npy_format.read_array_header_2_0,
+}
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """The array of a .npy file (never unpickled)."""
     try:
         with open(path, "rb") as stream:
-            array = _read_npy_stream(stream, str(path))
+            array = _read_npy_stream(stream, f"{path}: cannot read .npy")
     except OSError as e:
         raise DataError(f"{path}: cannot read .npy: {e.strerror or e}") from e
     assert array is not None  # only an npz member may be something other than an array
     return array
 
 
-def _read_npy_stream(stream: BinaryIO, where: str, npz_member: bool = False) -> np.ndarray | None:
+def _one_line(error: BaseException | str) -> str:
+    """An error's text on one line (numpy's and zipfile's messages can span several, and quote the file)."""
+    return " ".join(str(error).split())
+
+
+def _name(key: str) -> str:
+    """An npz member name for a message: as is when printable, else its repr (no newline from a file)."""
+    return key if key.isprintable() else repr(key)
+
+
+def _read_npy_stream(stream: ByteStream, where: str, npz_member: bool = False) -> np.ndarray | None:
     """The array of a .npy stream (a file or an npz member), in the .npy format of numpy.lib.format.
 
     The header is read and checked first: no object dtype (that would need unpickling), no negative
     dimension. The data is then read in chunks up to the size the header claims, so a header claiming
-    gigabytes costs only the bytes really there before the DataError saying the data is short.
+    gigabytes costs only the bytes really there before the DataError saying the data is short; only
+    then does numpy.load (allow_pickle=False) parse the bytes read.
     An npz member that does not start with the .npy magic gives None (numpy.load returns its bytes).
     """
     magic = read_chunked(stream, len(NPY_MAGIC))
@@ -361,15 +385,15 @@ def _read_npy_stream(stream: BinaryIO, where: str, npz_member: bool = False) -> 
         raise DataError(f"{where}: not a .npy file (it does not start with the .npy magic string; "
                         "vaelab never reads pickled data)")
     version = tuple(read_chunked(stream, 2))
-    # 3.0 differs from 2.0 only in the header's encoding (UTF-8 field names, never ours)
-    read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0,
-                   (3, 0): npy_format.read_array_header_2_0}.get(version)  # type: ignore[arg-type]
+    read_header = NPY_HEADER_READERS.get(version)
     if read_header is None:
         raise DataError(f"{where}: unsupported .npy format version {'.'.join(map(str, version)) or '(none)'}")
+    length = read_chunked(stream, 2 if version == (1, 0) else 4)
+    header = bytes(length + read_chunked(stream, int.from_bytes(length, "little")))
     try:
-        shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
-        raise DataError(f"{where}: invalid .npy header: {e}") from e
+        shape, _, dtype = read_header(io.BytesIO(header))
+    except Exception as e:  # numpy's parser of the header text: ValueError, SyntaxError, tokenize.TokenError, ...
+        raise DataError(f"{where}: invalid .npy header: {_one_line(e)}") from e
     if dtype.hasobject:
         raise DataError(f"{where}: holds Python objects (dtype {dtype}); vaelab never unpickles data, "
                         "save numeric arrays (uint8, bool or float)")
@@ -377,15 +401,17 @@ def _read_npy_stream(stream: BinaryIO, where: str, npz_member: bool = False) -> 
         raise DataError(f"{where}: .npy header gives a negative dimension, shape {shape}")
     if dtype.itemsize == 0:
         raise DataError(f"{where}: .npy dtype {dtype} has zero-size items")
-    count = math.prod(shape)
-    nbytes = count * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     data = read_chunked(stream, nbytes + 1)
     if len(data) < nbytes:
         raise DataError(f"{where}: truncated .npy data: header says shape {shape} of {dtype} "
                         f"({nbytes} bytes), found {len(data)} bytes")
     if len(data) > nbytes:
         raise DataError(f"{where}: data continues after the array of shape {shape} of {dtype} ({nbytes} bytes)")
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran_order else "C")
+    try:  # the checked bytes, now known to hold what the header says
+        return np.load(io.BytesIO(NPY_MAGIC + bytes(version) + header + data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{where}: {_one_line(e)}") from e
 
 
 def _dataset_from_arrays(
@@ -469,7 +495,10 @@ def _read_images(files: list[Path], folder: Path) -> np.ndarray:
     decoded: list[np.ndarray] = []
     for path in files:  # file I/O, once at load; not a hot path
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():  # the size check below refuses such images, with a clearer message
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+            with image:
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width * height > MAX_IMAGE_PIXELS:
                     raise DataError(f"{path}: image is {width}x{height}, more than the {MAX_IMAGE_PIXELS} pixels "
@@ -478,7 +507,7 @@ def _read_images(files: list[Path], folder: Path) -> np.ndarray:
         except DataError:
             raise
         except Exception as e:  # a damaged file: Pillow's decoders raise OSError, SyntaxError, ValueError, ...
-            raise DataError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
+            raise DataError(f"{path}: cannot read image: {type(e).__name__}: {_one_line(e)}") from e
         if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise DataError(f"{path}: image has no pixels (size {rgb.shape[1::-1]})")
         if decoded and rgb.shape != decoded[0].shape:

@@ -13,7 +13,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
@@ -60,7 +60,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         return _read_values(path, _ChunkedReader(path, raw, "cannot read IDX file"), os.fstat(raw.fileno()).st_size)
 
 
-def read_chunked(stream: BinaryIO, size: int) -> bytearray:
+class ByteStream(Protocol):
+    """What `read_chunked` reads from: a binary file, a GzipFile, a zip member."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def read_chunked(stream: ByteStream, size: int) -> bytearray:
     """Up to `size` bytes of `stream` (fewer only at its end), read READ_CHUNK at a time: a huge
     `size` (a header's claim) never allocates more than the stream really delivers."""
     data = bytearray()
@@ -72,7 +78,7 @@ def read_chunked(stream: BinaryIO, size: int) -> bytearray:
 class _ChunkedReader:
     """Reads a stream in bounded chunks; every read error becomes one DataError naming the file."""
 
-    def __init__(self, path: Path, stream: BinaryIO, problem: str):
+    def __init__(self, path: Path, stream: ByteStream, problem: str):
         self.path, self.stream, self.problem = path, stream, problem
 
     def read(self, size: int) -> bytearray:

@@ -40,6 +40,12 @@ class EvalOptions:
     ais_runs: int | None = None  # AIS chains (None: each estimator's published default)
     ais_steps: int | None = None  # AIS intermediate distributions (None: the published default)
     sigma: float | None = None  # decoder AIS: std of a Gaussian observation model (GAN, AE with cost=mse)
+    # One protocol across models (vaelab compare): Parzen, decoder AIS and reconstruction score the
+    # data set's continuous pixels, and decoder AIS scores every model under a Gaussian observation
+    # model (observation="gaussian", sigma chosen on validation) as Wu et al. (2017) did.
+    continuous: bool = False
+    observation: str | None = None
+    convergence_check: bool = False  # AIS estimates are also made with half the steps
 
 
 @dataclass
@@ -63,6 +69,13 @@ class EvalContext:
         """The split being scored."""
         return self.view(self.split_name)
 
+    def scored(self, name: str | None = None) -> Split:
+        """A split for the metrics that follow options.continuous (Parzen, decoder AIS,
+        reconstruction): the continuous pixels under it, else the evaluation view."""
+        name = name or self.split_name
+        return self.view(name, raw=True) if self.options.continuous else (self.split if name == self.split_name
+                                                                          else self.view(name))
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -83,12 +96,12 @@ def _iw(ctx: EvalContext) -> dict[str, Estimate]:
 
 def _parzen(ctx: EvalContext) -> dict[str, Estimate]:
     o = ctx.options
-    return {"parzen": parzen_estimate(ctx.model, ctx.view("val"), ctx.split, num_samples=o.num_samples,
+    return {"parzen": parzen_estimate(ctx.model, ctx.scored("val"), ctx.scored(), num_samples=o.num_samples,
                                       seed=o.seed, progress=o.progress)}
 
 
 def _reconstruction(ctx: EvalContext) -> dict[str, Estimate]:
-    return reconstruction_error(ctx.model, ctx.split, seed=ctx.options.seed, progress=ctx.options.progress)
+    return reconstruction_error(ctx.model, ctx.scored(), seed=ctx.options.seed, progress=ctx.options.progress)
 
 
 def _latent(ctx: EvalContext) -> dict[str, Estimate]:
@@ -106,10 +119,11 @@ def _rbm_ais(ctx: EvalContext) -> dict[str, Estimate]:
     return {"rbm_log_z": log_z, name: log_likelihood}
 
 
-def _needs_sigma(model: Any) -> bool:
-    """A decoder with no observation model of its own (a GAN, an MSE autoencoder) is scored under a
-    Gaussian whose sigma is chosen on validation data."""
-    return model.likelihood is None
+def _needs_sigma(ctx: EvalContext) -> bool:
+    """A Gaussian observation model whose sigma is chosen on validation data: for a decoder with no
+    observation model of its own (a GAN, an MSE autoencoder), or for every model under
+    options.observation="gaussian"."""
+    return ctx.options.sigma is None and (ctx.model.likelihood is None or ctx.options.observation == "gaussian")
 
 
 def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
@@ -117,15 +131,32 @@ def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
     sigma is --sigma, or else chosen on the validation split as Wu et al. did."""
     o, model = ctx.options, ctx.model
     sigma, sigma_table = o.sigma, None
-    if sigma is None and _needs_sigma(model):
-        sigma, candidates = choose_sigma(model, ctx.view("val"), num_examples=10, num_steps=100, seed=o.seed)
+    if _needs_sigma(ctx):
+        sigma, candidates = choose_sigma(model, ctx.scored("val"), num_examples=10, num_steps=100, seed=o.seed)
         sigma_table = {str(s): estimate.value for s, estimate in candidates.items()}
-    estimate = decoder_ais(model, ctx.split, num_steps=o.ais_steps or 1000, num_chains=o.ais_runs or 16,
-                           sigma=sigma, seed=o.seed, progress=o.progress)
+    steps = o.ais_steps or 1000
+    estimate = _decoder_ais_at(ctx, steps, sigma, o.seed)
     if sigma_table is not None:
         estimate.settings["sigma_chosen_on_validation"] = sigma_table  # mean log p(x) of 10 val images per sigma
+    if o.convergence_check:
+        add_convergence_check(estimate, _decoder_ais_at(ctx, max(1, steps // 2), sigma, o.seed + 1))
     name = "decoder_ais" if is_log_likelihood(estimate.settings["bound_of"]) else "decoder_ais_cross_entropy"
     return {name: estimate}
+
+
+def _decoder_ais_at(ctx: EvalContext, steps: int, sigma: float | None, seed: int) -> Estimate:
+    o = ctx.options
+    observation = "gaussian" if sigma is not None else None
+    return decoder_ais(ctx.model, ctx.scored(), num_steps=steps, num_chains=o.ais_runs or 16,
+                       observation=observation, sigma=sigma, seed=seed, progress=o.progress)
+
+
+def add_convergence_check(estimate: Estimate, half: Estimate) -> None:
+    """Record the same estimate made with half the annealing steps, and whether the full one moved
+    from it by no more than its own stderr (an AIS that has converged should not move)."""
+    estimate.settings["half_steps"] = {"num_steps": half.settings.get("num_steps"), "value": half.value,
+                                       "stderr": half.stderr}
+    estimate.settings["converged"] = bool(abs(estimate.value - half.value) <= estimate.stderr)
 
 
 def _sample_quality(ctx: EvalContext) -> dict[str, Estimate]:

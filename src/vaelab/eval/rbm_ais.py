@@ -193,26 +193,71 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
     return log_w
 
 
+def half_schedule(betas: Tensor) -> Tensor:
+    """Every other beta of `betas` (0 = beta_0 < ... < beta_K = 1), with beta = 1 kept: the schedule
+    with about half the steps that the convergence check reruns for a custom schedule."""
+    half = betas[::2]
+    return half if half[-1] == 1 else torch.cat([half, betas[-1:]])
+
+
+def _independent_generator(generator: torch.Generator) -> torch.Generator:
+    """A fresh generator on generator's device, seeded by one draw from `generator` (so the same
+    generator state always gives the same second stream, and the two streams share no numbers)."""
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device).item())
+    return torch.Generator(generator.device).manual_seed(seed)
+
+
+def _run_ais(rbm, base_visible_bias: Tensor, betas: Tensor, num_runs: int, generator: torch.Generator,
+             progress: bool) -> tuple[float, float, float, Tensor]:
+    """(log Z, delta-method stderr, ESS, log-weights) of one AIS estimate along `betas`."""
+    log_z_base = base_log_partition(base_visible_bias, rbm.weight.shape[1])
+    log_w = ais_log_weights(rbm, base_visible_bias, betas, num_runs, generator, progress).cpu()
+    statistics = importance_weight_statistics(log_w)
+    return log_z_base + statistics.log_mean.item(), statistics.stderr.item(), statistics.ess.item(), log_w
+
+
+def _convergence(full: float, full_stderr: float, half: float, half_stderr: float, num_steps: int,
+                 seed: int | None) -> dict:
+    """The convergence-check part of an estimate's settings: the half-steps estimate and whether the
+    full one lies within its own stderr of it."""
+    return {"half_steps": {"num_steps": num_steps, "value": half, "stderr": half_stderr, "seed": seed,
+                           "difference": full - half, "difference_stderr": math.hypot(full_stderr, half_stderr)},
+            "converged": bool(abs(full - half) <= full_stderr)}
+
+
 @torch.no_grad()
 def rbm_log_partition_ais(rbm, base_visible_bias: Tensor | None = None, num_runs: int = DEFAULT_NUM_RUNS,
-                          num_steps: int = DEFAULT_NUM_STEPS, generator: torch.Generator | None = None,
-                          progress: bool = False, *, betas: Tensor | Sequence[float] | None = None) -> Estimate:
+                          num_steps: int | None = DEFAULT_NUM_STEPS, generator: torch.Generator | None = None,
+                          progress: bool = False, *, betas: Tensor | Sequence[float] | None = None,
+                          convergence_check: bool = True) -> Estimate:
     """log Z of `rbm` by AIS from the base RBM with visible biases base_visible_bias (Salakhutdinov &
     Murray 2008): value = log Z_A + log mean_r w_r over num_runs independent runs, the log-mean-exp
     taken stably.
 
     base_visible_bias: (D,) biases b_A of the base model, normally `base_rate_visible_bias(train)`
     (the paper's base-rate model); None uses b_A = 0, the uniform distribution (valid but needing
-    far more steps for a trained RBM). num_steps scales the paper's three-segment schedule
-    (`ais_schedule`); `betas` (0 = beta_0 < ... < beta_K = 1) overrides it. generator: the source of
-    all randomness (default: a fresh generator seeded with 0 on the RBM's device).
+    far more steps for a trained RBM). num_steps (None: DEFAULT_NUM_STEPS) scales the paper's
+    three-segment schedule (`ais_schedule`); `betas` (0 = beta_0 < ... < beta_K = 1) overrides it.
+    generator: the source of all randomness (default: a fresh generator seeded with 0 on the RBM's
+    device).
 
     stderr is over the independent runs, by the delta method: the standard deviation of the
     normalized weights w_r / mean(w) divided by sqrt(num_runs), i.e. the relative standard error of
     Z_hat, which is the standard error of log Z_hat to first order. It understates the error when
-    the weights are heavy-tailed (a small effective_sample_size warns of that). settings also holds
-    log_z_base (log Z_A), the weights' effective sample size (sum w)^2 / sum w^2, and the paper's
-    interval [log(Z_hat - 3 sd), log(Z_hat + 3 sd)] (None where Z_hat - 3 sd <= 0)."""
+    the weights are heavy-tailed (a small effective_sample_size warns of that), and it cannot see
+    the bias of an annealing that is too fast: every run is then pulled low together, and the
+    spread between runs stays small. settings also holds log_z_base (log Z_A), the weights'
+    effective sample size (sum w)^2 / sum w^2, and the paper's interval [log(Z_hat - 3 sd),
+    log(Z_hat + 3 sd)] (None where Z_hat - 3 sd <= 0).
+
+    convergence_check (default on): also run AIS with half the steps (ais_schedule(num_steps // 2),
+    or every other beta of a custom schedule) and the same number of runs, from an independent
+    generator seeded by one draw from `generator` after the main run (so the main estimate is the
+    same with or without the check). settings["half_steps"] = {"num_steps", "value", "stderr",
+    "seed", "difference" (full - half), "difference_stderr"} and settings["converged"] =
+    |full - half| <= stderr of the full estimate; an estimate that still moves by more than its
+    stderr when the steps are doubled is not converged. The check costs half the main run again; it
+    is skipped (half_steps None, converged None) for a one-step schedule."""
     require(rbm, BinaryRBM, "rbm_ais")
     weight = rbm.weight
     if base_visible_bias is None:
@@ -223,15 +268,12 @@ def rbm_log_partition_ais(rbm, base_visible_bias: Tensor | None = None, num_runs
     if generator is None:
         generator = torch.Generator(weight.device).manual_seed(DEFAULT_SEED)
     seed = generator.initial_seed()
+    num_steps = DEFAULT_NUM_STEPS if num_steps is None else num_steps
     betas = ais_schedule(num_steps) if betas is None else torch.as_tensor(betas, dtype=torch.float64).flatten()
-    num_hidden = weight.shape[1]
     base_visible_bias = base_visible_bias.detach().reshape(-1)
-    log_z_base = base_log_partition(base_visible_bias, num_hidden)
+    log_z_base = base_log_partition(base_visible_bias, weight.shape[1])
 
-    log_w = ais_log_weights(rbm, base_visible_bias, betas, num_runs, generator, progress).cpu()
-    statistics = importance_weight_statistics(log_w)
-    stderr, ess = statistics.stderr.item(), statistics.ess.item()
-    log_z = log_z_base + statistics.log_mean.item()
+    log_z, stderr, ess, log_w = _run_ais(rbm, base_visible_bias, betas, num_runs, generator, progress)
     interval = [log_z + math.log(1 - 3 * stderr) if 3 * stderr < 1 else None,
                 log_z + math.log1p(3 * stderr) if math.isfinite(stderr) else None]
     settings = {
@@ -241,9 +283,20 @@ def rbm_log_partition_ais(rbm, base_visible_bias: Tensor | None = None, num_runs
         "base_visible_bias_mean": base_visible_bias.double().mean().item(),
         "effective_sample_size": ess, "log_weight_std": log_w.std(unbiased=True).item() if num_runs > 1 else 0.0,
         "log_z_3sd_interval": interval,
-        "stderr_method": "delta method over independent runs: std(w / mean w) / sqrt(num_runs)",
+        "stderr_method": "delta method over independent runs: std(w / mean w) / sqrt(num_runs); blind to the "
+                         "bias of too fast an annealing (see half_steps)",
         "dtype": str(weight.dtype).removeprefix("torch.") + " sampling, float64 log-weights",
+        "half_steps": None, "converged": None,
     }
+    if convergence_check and len(betas) > 2:
+        num_steps = len(betas) - 1
+        # The default schedule is rescaled to half the steps; a custom one keeps every other beta.
+        half_betas = ais_schedule(num_steps // 2) if torch.equal(betas, ais_schedule(num_steps)) \
+            else half_schedule(betas)
+        half_generator = _independent_generator(generator)
+        half, half_stderr, _, _ = _run_ais(rbm, base_visible_bias, half_betas, num_runs, half_generator, progress)
+        settings.update(_convergence(log_z, stderr, half, half_stderr, len(half_betas) - 1,
+                                     half_generator.initial_seed()))
     return Estimate(log_z, stderr, settings)
 
 
@@ -278,5 +331,14 @@ def rbm_log_likelihood(rbm, split: Split, log_z: Estimate, batch_size: int = 100
                 "log_z": log_z.value, "log_z_stderr": log_z.stderr,
                 "mean_negative_free_energy": mean, "negative_free_energy_stderr": se,
                 "stderr_method": "sqrt(se over examples of -F(v)^2 + se of log Z^2)",
-                "log_z_settings": dict(log_z.settings)}
+                "log_z_settings": dict(log_z.settings), "half_steps": None, "converged": None}
+    half = log_z.settings.get("half_steps")
+    if half is not None:
+        # The same images with log Z from half the AIS steps. The two figures differ only by their
+        # log Z, so "converged" is that of log Z: judged against the log Z stderr, not against the
+        # over-examples error, which both figures share.
+        settings["half_steps"] = {**half, "value": mean - half["value"],
+                                  "stderr": math.hypot(se, half["stderr"]) if math.isfinite(se) else half["stderr"],
+                                  "difference": half["value"] - log_z.value}
+        settings["converged"] = log_z.settings.get("converged")
     return Estimate(mean - log_z.value, stderr, settings)

@@ -58,6 +58,7 @@ class LatentDecoder(Protocol):
     latent_dim: int
     decoder_output: str
     likelihood: Likelihood | None
+    conditional: bool  # whether decode() needs each example's label
 
     def log_prior(self, z: Tensor) -> Tensor:
         """log p(z): (..., D) -> (...), differentiable in z."""

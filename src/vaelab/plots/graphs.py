@@ -2,7 +2,8 @@
 
 networkx orders the nodes into layers along the flow of computation (topological generations);
 matplotlib draws them left to right, one shape and colour per kind of node, so graphs of
-different models read the same way. The highlighted node (the VAE's KL term) is drawn in red.
+different models read the same way. The highlighted node (the VAE's KL term) is drawn in blue,
+the colour of the original comparison figure.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_write_bytes
-from vaelab.models.training_graph import TrainingGraph
+from vaelab.models.training_graph import Node, TrainingGraph
 
 STYLE = {  # kind -> (box style, fill colour)
     "input": ("square,pad=0.4", "#d9d9d9"),
@@ -22,7 +23,7 @@ STYLE = {  # kind -> (box style, fill colour)
     "cost": ("sawtooth,pad=0.4", "#fdd0a2"),
     "output": ("round4,pad=0.4", "#e5d8ef"),
 }
-HIGHLIGHT = "#e34a33"
+HIGHLIGHT = "#2b6cb0"  # blue, the colour of the original comparison figure
 ARC_BULGE = 0.45  # how far (in rows) an edge that skips layers bends away from the straight line
 
 
@@ -65,42 +66,74 @@ def draw(graph: TrainingGraph, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".svg", ".png"):
         raise VaelabError(f"--out must end in .svg or .png, got {path.name!r}")
-    positions = layout(graph)
-    width = max(x for x, _ in positions.values()) + 1
-    height = max(abs(y) for _, y in positions.values()) * 2 + 1
-    figure = Figure(figsize=(2.2 * width + 1, 1.3 * (height + ARC_BULGE) + 1.2))
+    figure = Figure(figsize=figure_size(graph))
     FigureCanvasAgg(figure)  # files only, no screen
-    axes = figure.subplots()
-    axes.set_xlim(-0.6, width - 0.4)
-    axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3 + ARC_BULGE)
-    texts = {}
-    for node in graph.nodes:
-        box, fill = STYLE[node.kind]
-        edge_colour = HIGHLIGHT if node.highlight else "#333333"
-        texts[node.name] = axes.text(
-            *positions[node.name], node.label, ha="center", va="center", fontsize=10, zorder=2,
-            fontweight="bold" if node.highlight else "normal", color="white" if node.highlight else "black",
-            bbox=dict(boxstyle=box, fc=HIGHLIGHT if node.highlight else fill, ec=edge_colour,
-                      lw=2.5 if node.highlight else 1.0, ls="--" if node.kind == "noise" else "-"))
-    figure.canvas.draw()  # lay the boxes out so arrows can start and end at their outlines
-    half_sizes = {name: _half_size(axes, text) for name, text in texts.items()}
-    for source, target in graph.edges:
-        start = _on_outline(positions[source], positions[target], half_sizes[source])
-        end = _on_outline(positions[target], positions[source], half_sizes[target])
-        span = abs(positions[target][0] - positions[source][0])
-        # Edges that skip layers arc over them, about ARC_BULGE above the straight line, and pass
-        # beneath the boxes they cross.
-        bend = 0.0 if span <= 1 else -2 * ARC_BULGE / span
-        axes.annotate("", xy=end, xytext=start, zorder=3 if span <= 1 else 1,
-                      arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0,
-                                      mutation_scale=14, connectionstyle=f"arc3,rad={bend}"))
-    _legend(axes)
-    axes.set_title(graph.title, fontsize=12)
-    axes.axis("off")
+    draw_on_axes(figure.subplots(), graph)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower()[1:], bbox_inches="tight", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def figure_size(graph: TrainingGraph) -> tuple[float, float]:
+    """(width, height) in inches that gives the graph's boxes room: 2.2 a layer, 1.3 a row."""
+    width, height = _extent(layout(graph))
+    return 2.2 * width + 1, 1.3 * (height + ARC_BULGE) + 1.2
+
+
+def draw_on_axes(axes, graph: TrainingGraph, *, legend: bool = True) -> None:
+    """Draw the graph onto a matplotlib Axes whose figure has a canvas: boxes, arrows, title and
+    (with `legend`) the colour key beneath it. `draw` and plots.figures.graphs_figure both use it."""
+    positions = layout(graph)
+    frame_axes(axes, graph, positions)
+    texts = {node.name: _draw_node(axes, node, positions[node.name]) for node in graph.nodes}
+    axes.figure.canvas.draw()  # lay the boxes out so arrows can start and end at their outlines
+    half_sizes = {name: _half_size(axes, text) for name, text in texts.items()}
+    for source, target in graph.edges:
+        _draw_edge(axes, positions[source], positions[target], half_sizes[source], half_sizes[target])
+    if legend:
+        axes.legend(handles=legend_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.02),
+                    ncol=len(STYLE) + 1, fontsize=8, frameon=False)
+
+
+def frame_axes(axes, graph: TrainingGraph, positions: dict[str, tuple[float, float]] | None = None) -> None:
+    """Set the axes' limits, title and bare frame for the graph, before anything is measured."""
+    width, height = _extent(positions or layout(graph))
+    axes.set_xlim(-0.6, width - 0.4)
+    axes.set_ylim(-height / 2 - 0.3, height / 2 + 0.3 + ARC_BULGE)
+    axes.set_title(graph.title, fontsize=12)
+    axes.axis("off")
+
+
+def _extent(positions: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """(layers, rows) the laid-out graph spans."""
+    width = max(x for x, _ in positions.values()) + 1
+    height = max(abs(y) for _, y in positions.values()) * 2 + 1
+    return width, height
+
+
+def _draw_node(axes, node: Node, position: tuple[float, float]):
+    """One node: its label in a box of its kind's shape and fill; the highlight is filled blue."""
+    box, fill = STYLE[node.kind]
+    edge_colour = HIGHLIGHT if node.highlight else "#333333"
+    return axes.text(
+        *position, node.label, ha="center", va="center", fontsize=10, zorder=2,
+        fontweight="bold" if node.highlight else "normal", color="white" if node.highlight else "black",
+        bbox=dict(boxstyle=box, fc=HIGHLIGHT if node.highlight else fill, ec=edge_colour,
+                  lw=2.5 if node.highlight else 1.0, ls="--" if node.kind == "noise" else "-"))
+
+
+def _draw_edge(axes, source, target, source_half_size, target_half_size) -> None:
+    """An arrow from the source box's outline to the target's."""
+    start = _on_outline(source, target, source_half_size)
+    end = _on_outline(target, source, target_half_size)
+    span = abs(target[0] - source[0])
+    # Edges that skip layers arc over them, about ARC_BULGE above the straight line, and pass
+    # beneath the boxes they cross.
+    bend = 0.0 if span <= 1 else -2 * ARC_BULGE / span
+    axes.annotate("", xy=end, xytext=start, zorder=3 if span <= 1 else 1,
+                  arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.2, shrinkA=0, shrinkB=0,
+                                  mutation_scale=14, connectionstyle=f"arc3,rad={bend}"))
 
 
 def _half_size(axes, text) -> tuple[float, float]:
@@ -116,12 +149,12 @@ def _on_outline(centre, towards, half_size) -> tuple[float, float]:
     return centre[0] + dx * scale, centre[1] + dy * scale
 
 
-def _legend(axes) -> None:
+def legend_handles() -> list:
+    """The colour key: one square per kind of node, then the highlighted extra cost."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="s", ls="", ms=10, mfc=fill, mec="#333333", label=kind)
                for kind, (_, fill) in STYLE.items()]
     handles.append(Line2D([], [], marker="s", ls="", ms=10, mfc=HIGHLIGHT, mec=HIGHLIGHT,
                           label="extra cost (VAE KL)"))
-    axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(handles),
-                fontsize=8, frameon=False)
+    return handles

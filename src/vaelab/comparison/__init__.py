@@ -1,0 +1,178 @@
+"""`vaelab compare`: train every model on the same data with matched budgets, score them all with
+the same estimators under one stated protocol, and write DIR/report.html, DIR/report.md and
+DIR/results.json ({model: {metric: {value, stderr, settings}}}, the `vaelab eval --json` form).
+
+    DIR/runs/NAME/      one `vaelab train` run per model (resumable), its scores and figure tensors
+    DIR/figures/*.png   the report's figures
+    DIR/summary.json    what the report says besides the numbers (protocol, status, columns, figures)
+
+Each model is trained and scored in its own child process: one failing model is an error in the
+table, the rest of the report is still written, and each model's peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vaelab.comparison import runner
+from vaelab.comparison.budget import BUDGETS, Budget, load_budget
+from vaelab.comparison.report_data import build_summary, data_row
+from vaelab.errors import VaelabError
+from vaelab.experiment import load_data
+from vaelab.files import atomic_write_json, make_directory, run_lock
+
+RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.json"
+ERROR_FILE = "compare_error.txt"
+
+
+def compare(models: Sequence[str] | None = None, data: str | None = None, budget: str = "quick",
+            out: str | os.PathLike[str] = "runs/compare", seed: int = 0, data_dir: str | None = None,
+            command: str | None = None) -> dict[str, dict[str, Any]]:
+    """Train, score and report every model of `budget` (or those named in `models`) on `data`
+    (default: the budget's data set). Returns results.json's content; raises nothing for a model
+    that fails (its error is in summary.json and the report): see `failed(out)`."""
+    plan = _plan(load_budget(budget), models)
+    out = Path(out)
+    data = data or plan.data
+    dataset = load_data(_data_config(data, data_dir))
+    make_directory(out)
+    with run_lock(out):
+        statuses = {name: _run(name, index, plan, out, data, data_dir, seed, dataset)
+                    for index, name in enumerate(plan.runs, 1)}
+        results = _collect(out, plan, statuses, dataset, seed)
+        summary = build_summary(plan, statuses, results, dataset, out, seed,
+                                command or f"vaelab.compare(budget={budget!r}, data={data!r})")
+        atomic_write_json(out / RESULTS_FILE, results)
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        write_report(out)
+    return results
+
+
+def failed(out: str | os.PathLike[str]) -> list[str]:
+    """The models of the comparison in `out` that failed."""
+    from vaelab.comparison.report_data import read_json
+
+    summary = read_json(Path(out) / SUMMARY_FILE)
+    return [name for name, entry in summary["models"].items() if entry["status"] != "ok"]
+
+
+def write_report(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(Re)write DIR/report.html and DIR/report.md from the saved results, summary and runs."""
+    from vaelab.comparison.report_data import draw_figures, read_json
+    from vaelab.report import write_report as render
+
+    out = Path(out)
+    summary, results = read_json(out / SUMMARY_FILE), read_json(out / RESULTS_FILE)
+    summary["figures"] = draw_figures(out, summary)
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return render(out, summary, results)
+
+
+def _plan(budget: Budget, models: Sequence[str] | None) -> Budget:
+    if not models:
+        return budget
+    unknown = [name for name in models if name not in budget.runs]
+    if unknown:
+        raise VaelabError(f"unknown model {', '.join(map(repr, unknown))} for --models; the {budget.name} budget "
+                          f"has {', '.join(budget.runs)}")
+    return Budget(budget.name, budget.data, budget.eval, {name: budget.runs[name] for name in models})
+
+
+def _data_config(data: str, data_dir: str | None):
+    from vaelab.config import DataConfig
+
+    return DataConfig(name=data, data_dir=data_dir, binarize="none")
+
+
+def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: str | None, seed: int,
+         dataset) -> dict[str, Any]:
+    """Train and score one run in a child process; its status, error and peak memory."""
+    job = runner.Job(plan.runs[name], out / "runs" / name, data, data_dir, seed, plan.eval)
+    print(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    status, peak_kib = _in_child(lambda: _work(job, dataset), job.run_dir)
+    error = None if status == 0 else _read_error(job.run_dir, status)
+    print(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
+          f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return {"status": "ok" if error is None else "failed", "error": error, "peak_memory_mb": peak_kib / 1024,
+            "run_dir": str(job.run_dir.relative_to(out)), "model": job.spec.model,
+            "settings": " ".join(job.spec.overrides())}
+
+
+def _work(job: runner.Job, dataset) -> None:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / ERROR_FILE).unlink(missing_ok=True)
+    runner.train(job)
+    runner.score(job, dataset)
+    runner.figure_tensors(job, dataset)
+
+
+def _in_child(work, run_dir: Path) -> tuple[int, int]:
+    """Run `work` in a forked child: (exit status, peak resident memory in KiB). The child writes
+    its error, one line, to run_dir/ERROR_FILE."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 0
+        try:
+            work()
+        except BaseException as error:
+            status = 1
+            _write_error(run_dir, error)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, wait_status, usage = os.wait4(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), usage.ru_maxrss
+
+
+def _write_error(run_dir: Path, error: BaseException) -> None:
+    message = f"{type(error).__name__}: {error}" if not isinstance(error, VaelabError) else str(error)
+    if os.environ.get("VAELAB_DEBUG") == "1":
+        traceback.print_exc()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_FILE).write_text(message.splitlines()[0] if message else type(error).__name__)
+    except OSError:
+        pass
+
+
+def _read_error(run_dir: Path, status: int) -> str:
+    path = run_dir / ERROR_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    return f"the run's process ended with status {status}"
+
+
+def _collect(out: Path, plan: Budget, statuses: dict[str, dict[str, Any]], dataset, seed: int) -> dict[str, Any]:
+    """results.json: each model's metrics (and its peak memory), then the data row."""
+    results: dict[str, Any] = {}
+    for name, status in statuses.items():
+        if status["status"] != "ok":
+            continue
+        metrics = runner.score(runner.Job(plan.runs[name], out / status["run_dir"], "", None, seed, plan.eval), dataset)
+        metrics["peak_memory_mb"] = {"value": round(status["peak_memory_mb"], 1), "stderr": None,
+                                     "settings": {"measured": "peak resident set of the run's process "
+                                                              "(training and scoring), ru_maxrss"}}
+        results[name] = metrics
+    results["data"] = data_row(dataset, plan.eval, seed)
+    return results
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return "vaelab " + " ".join(shlex.quote(arg) for arg in argv)
+
+
+__all__ = ["BUDGETS", "compare", "failed", "resource", "write_report"]

@@ -1,0 +1,87 @@
+"""The reference configs of `vaelab compare`, one YAML file per budget shipped with the package
+(`vaelab/comparison/budgets/*.yaml`), read and checked here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaelab.errors import ConfigError
+from vaelab.registry import MODELS
+
+BUDGETS = ("quick", "standard", "full")
+
+
+@dataclass(frozen=True)
+class EvalBudget:
+    """How much each estimator spends."""
+
+    iw_k: int = 5000
+    limit: int | None = None
+    num_samples: int = 10000
+    decoder_ais_images: int = 50
+    decoder_ais_steps: int = 300
+    decoder_ais_chains: int = 16
+    rbm_ais_runs: int = 100
+    rbm_ais_steps: int = 14500
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the comparison: a registry model and its KEY=VALUE settings."""
+
+    name: str
+    model: str
+    settings: dict[str, Any]
+
+    def overrides(self) -> list[str]:
+        """The settings as `vaelab train` KEY=VALUE arguments (values in YAML/JSON syntax)."""
+        return [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                for key, value in self.settings.items()]
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    data: str
+    eval: EvalBudget
+    runs: dict[str, RunSpec]
+
+
+def budget_text(name: str) -> str:
+    """The YAML of a budget: one shipped with vaelab by name, or a file of the same form."""
+    if name in BUDGETS:
+        return resources.files("vaelab.comparison").joinpath(f"budgets/{name}.yaml").read_text()
+    if name.endswith((".yaml", ".yml")):
+        try:
+            return Path(name).read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read budget file {name}: {error.strerror}") from None
+    raise ConfigError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)} or a .yaml file")
+
+
+def load_budget(name: str) -> Budget:
+    """The budget `name`, checked: known eval keys, registered models, a data set and runs."""
+    try:
+        values = yaml.safe_load(budget_text(name))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"budget {name} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict) or not isinstance(values.get("models"), dict) or "data" not in values:
+        raise ConfigError(f"budget {name} must map data: NAME, eval: {{...}} and models: {{RUN: {{model, settings}}}}")
+    evaluation = values.get("eval") or {}
+    known = {field.name for field in fields(EvalBudget)}
+    if set(evaluation) - known:
+        raise ConfigError(f"budget {name}: unknown eval keys {sorted(set(evaluation) - known)}")
+    runs = {run_name: _run_spec(name, run_name, entry) for run_name, entry in values["models"].items()}
+    return Budget(name, values["data"], EvalBudget(**evaluation), runs)
+
+
+def _run_spec(budget: str, name: str, entry: Any) -> RunSpec:
+    if not isinstance(entry, dict) or entry.get("model") not in MODELS:
+        raise ConfigError(f"budget {budget}: run {name} names no registered model ({entry.get('model')!r})")
+    return RunSpec(str(name), entry["model"], dict(entry.get("settings") or {}))

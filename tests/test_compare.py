@@ -1,0 +1,142 @@
+"""`vaelab compare` end to end on tiny data with a tiny budget: the report, results.json in the
+`vaelab eval --json` form, a failing model, reuse of finished runs, resumption of an interrupted
+one, `vaelab report`, and the same job from Python."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import vaelab
+from tiny_runs import error_lines, write_images
+from vaelab.checkpoint import load_training_state
+from vaelab.cli import main
+from vaelab.comparison.budget import BUDGETS, load_budget
+from vaelab.models.vae import VAE
+from vaelab.registry import MODELS
+
+EVAL = {"iw_k": 10, "limit": 6, "num_samples": 40, "decoder_ais_images": 3, "decoder_ais_steps": 6,
+        "decoder_ais_chains": 2, "rbm_ais_runs": 4, "rbm_ais_steps": 20}
+RUNS = {
+    "vae": {"model": "vae", "settings": {"hidden": [16], "latent_dim": 2, "epochs": 2, "batch_size": 8}},
+    "rbm": {"model": "rbm", "settings": {"num_hidden": 6, "epochs": 2, "batch_size": 8, "burn_in": 5}},
+    "gan": {"model": "gan", "settings": {"latent_dim": 2, "g_hidden": [16], "d_hidden": [16], "epochs": 2,
+                                         "batch_size": 8}},
+}
+
+
+def write_budget(path: Path, runs: dict) -> Path:
+    path.write_text(yaml.safe_dump({"data": "unused", "eval": EVAL, "models": runs}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    data = write_images(root / "tiny.npz", num_train=60, num_test=10, labels=True)
+    broken = {**RUNS, "broken": {"model": "vae", "settings": {"latent_dim": 0, "epochs": 1}}}
+    budget = write_budget(root / "budget.yaml", broken)
+    out = root / "out"
+    import os
+    os.environ["VAELAB_CACHE"] = str(root / "cache")
+    argv = ["compare", "--budget", str(budget), "--data", str(data), "--out", str(out)]
+    status = main(argv)
+    return {"root": root, "data": data, "budget": budget, "out": out, "status": status, "argv": argv}
+
+
+def test_every_shipped_budget_names_only_registered_models():
+    for name in BUDGETS:
+        budget = load_budget(name)
+        assert budget.runs and all(spec.model in MODELS for spec in budget.runs.values())
+        assert {spec.model for spec in budget.runs.values()} == set(MODELS), name  # every model is compared
+
+
+def test_a_failing_model_is_an_error_in_the_report_and_the_rest_is_written(compared, capsys):
+    assert compared["status"] == 1
+    out = compared["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["broken"]["status"] == "failed"
+    assert "latent_dim" in summary["models"]["broken"]["error"]
+    assert {name for name, entry in summary["models"].items() if entry["status"] == "ok"} == set(RUNS)
+    html = (out / "report.html").read_text()
+    assert "broken" in html and "failed" in html and (out / "report.md").is_file()
+
+
+def test_results_map_each_model_to_eval_json_metrics(compared):
+    results = json.loads((compared["out"] / "results.json").read_text())
+    assert set(results) == {*RUNS, "data"}
+    for metrics in results.values():
+        for result in metrics.values():
+            assert set(result) == {"value", "stderr", "settings"}
+    assert {"iw_bound", "decoder_ais", "parzen", "frechet_distance", "reconstruction_mse"} <= set(results["vae"])
+    assert {"rbm_log_likelihood", "parzen", "reconstruction_mse"} <= set(results["rbm"])
+    assert "iw_bound" not in results["gan"] and "decoder_ais" in results["gan"]
+    assert set(results["data"]) == {"parzen", "frechet_distance", "precision", "recall"}
+    # every AIS figure carries its convergence check
+    for name in ("decoder_ais", "rbm_log_likelihood"):
+        model = "vae" if name == "decoder_ais" else "rbm"
+        assert "half_steps" in results[model][name]["settings"], name
+    # one protocol: decoder AIS of every model under the same Gaussian observation model
+    assert all(results[m]["decoder_ais"]["settings"]["observation"].startswith("gaussian") for m in ("vae", "gan"))
+    for cost in ("parameters", "train_seconds", "samples_per_second", "peak_memory_mb"):
+        assert results["vae"][cost]["value"] > 0, cost
+
+
+def test_rerunning_reuses_finished_runs(compared, capfd):
+    out = compared["out"]
+    evals = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare_eval.json")}
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")}
+    capfd.readouterr()
+    assert main(compared["argv"]) == 1  # the broken run still fails
+    assert "already finished" in capfd.readouterr().err  # said by the runs' own processes
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare_eval.json")} == evals
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")} == weights
+
+
+def test_an_interrupted_run_is_resumed(compared, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    budget = write_budget(tmp_path / "budget.yaml", {"vae": RUNS["vae"]})
+    argv = ["compare", "--budget", str(budget), "--data", str(compared["data"]), "--out", str(out)]
+    original = VAE.train_step
+
+    def interrupted(self, batch, step, updater):
+        if step == 9:  # in the second epoch
+            raise KeyboardInterrupt
+        return original(self, batch, step, updater)
+
+    monkeypatch.setattr(VAE, "train_step", interrupted)
+    assert main(argv) == 1
+    monkeypatch.setattr(VAE, "train_step", original)
+    run = out / "runs" / "vae"
+    assert load_training_state(run)["progress"]["step"] == 9 and not (run / "model.safetensors").exists()
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2] and lines[-1]["step"] == 14
+
+
+def test_report_rebuilds_the_report_from_the_saved_runs(compared, capsys):
+    out = compared["out"]
+    (out / "report.html").unlink()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_the_same_job_from_python(compared, tmp_path):
+    budget = write_budget(tmp_path / "budget.yaml", {"vae": RUNS["vae"]})
+    results = vaelab.compare(budget=str(budget), data=str(compared["data"]), out=tmp_path / "out")
+    assert set(results) == {"vae", "data"}
+    scores = vaelab.evaluate(tmp_path / "out" / "runs" / "vae", metrics=["iw"], k=5, limit=4)
+    assert set(scores) == {"iw_bound"} and scores["iw_bound"]["settings"]["k"] == 5
+
+
+def test_bad_input_is_one_line(compared, capsys):
+    assert main(["compare", "--budget", "huge"]) == 2
+    assert "unknown budget 'huge'" in error_lines(capsys.readouterr().err)[0]
+    assert main(["compare", "--budget", str(compared["budget"]), "--models", "vae,nope",
+                 "--data", str(compared["data"]), "--out", str(compared["root"] / "x")]) == 2
+    assert "unknown model 'nope'" in error_lines(capsys.readouterr().err)[0]
