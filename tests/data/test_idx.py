@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,43 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read IDX file"):
         read_idx(tmp_path / "nope")
+
+
+def _peak_traced_bytes(call) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_trailing_bytes_are_counted_not_held(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py: a 4-byte IDX file followed by 64 MiB of zeros, 64 KB compressed,
+    was decompressed whole (twice its size in memory) before the trailing bytes were reported."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip, without holding the zeros
+    head = packer.compress(_header(0x08, (4,)) + b"abcd")
+    zeros = b"".join(packer.compress(bytes(1 << 20)) for _ in range(64))
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(head + zeros + packer.flush())
+    assert path.stat().st_size < 1 << 20
+
+    def read() -> None:
+        with pytest.raises(DataError, match="more than 16777216 trailing bytes after the data of shape \\(4,\\)"):
+            read_idx(path)
+
+    assert _peak_traced_bytes(read) < 8 << 20
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_header_claiming_huge_dimensions_allocates_nothing(tmp_path: Path, compress: bool) -> None:
+    content = _header(0x0E, (2**32 - 1, 2**32 - 1, 2**32 - 1)) + bytes(100)  # 6e29 bytes claimed
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(gzip.compress(content) if compress else content)
+
+    def read() -> None:
+        with pytest.raises(DataError, match="truncated IDX file: header says shape"):
+            read_idx(path)
+
+    assert _peak_traced_bytes(read) < 8 << 20

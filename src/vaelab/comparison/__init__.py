@@ -44,6 +44,7 @@ def compare(models: Sequence[str] | None = None, data: str | None = None, budget
     out = Path(out)
     data = data or plan.data
     dataset = load_data(_data_config(data, data_dir))
+    plan, skipped = _applicable(plan, dataset)
     make_directory(out)
     with run_lock(out):
         statuses = {name: _run(name, index, plan, out, data, data_dir, seed, dataset)
@@ -51,6 +52,7 @@ def compare(models: Sequence[str] | None = None, data: str | None = None, budget
         results = _collect(out, plan, statuses, dataset, seed)
         summary = build_summary(plan, statuses, results, dataset, out, seed,
                                 command or f"vaelab.compare(budget={budget!r}, data={data!r})")
+        summary["notes"] += skipped
         atomic_write_json(out / RESULTS_FILE, results)
         atomic_write_json(out / SUMMARY_FILE, summary)
         write_report(out)
@@ -85,6 +87,18 @@ def _plan(budget: Budget, models: Sequence[str] | None) -> Budget:
         raise VaelabError(f"unknown model {', '.join(map(repr, unknown))} for --models; the {budget.name} budget "
                           f"has {', '.join(budget.runs)}")
     return Budget(budget.name, budget.data, budget.eval, {name: budget.runs[name] for name in models})
+
+
+def _applicable(plan: Budget, dataset) -> tuple[Budget, list[str]]:
+    """The plan without the class-conditional runs when the data has no labels, and a note saying so."""
+    from vaelab.registry import get_model_class
+
+    if dataset.num_classes is not None:
+        return plan, []
+    conditional = [name for name, spec in plan.runs.items() if get_model_class(spec.model).conditional]
+    runs = {name: spec for name, spec in plan.runs.items() if name not in conditional}
+    notes = [f"{', '.join(conditional)} left out: class-conditional models need labels, and {dataset.name} has none."]
+    return Budget(plan.name, plan.data, plan.eval, runs), notes if conditional else []
 
 
 def _data_config(data: str, data_dir: str | None):

@@ -139,7 +139,7 @@ def draw_figures(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:
 
     ok = {name: entry for name, entry in summary["models"].items() if entry["status"] == "ok"}
     tensors = {name: _figure_tensors(out / entry["run_dir"]) for name, entry in ok.items()}
-    scale = max(1, 84 // max(summary["data"]["image_shape"][1:]))  # small images are enlarged
+    scale = max(1, 40 // max(summary["data"]["image_shape"][1:]))  # small images are enlarged
     directory = out / FIGURES_DIR
     figures: list[dict[str, str]] = []
 
@@ -176,7 +176,7 @@ def draw_figures(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:
                     "caption": "Training and validation loss per epoch; for the GAN both players."})
     graphs = {name: get_model_class(entry["model"]).training_graph(_model_config(out / entry["run_dir"]))
               for name, entry in summary["models"].items() if (out / entry["run_dir"] / "config.json").exists()}
-    graphs_figure(graphs, directory / "graphs.png")
+    graphs_figure(graphs, directory / "graphs.png", rows=4)
     figures.append({"title": "Training graphs", "path": f"{FIGURES_DIR}/graphs.png",
                     "caption": "What each model computes in training; the VAE's extra cost, its KL term, in blue."})
     return figures

@@ -73,7 +73,8 @@ def _estimates(model, run_config, dataset: ImageDataset, job: Job) -> dict[str, 
     def options(**extra: Any) -> EvalOptions:
         return EvalOptions(seed=job.seed, num_samples=b.num_samples, **extra)
 
-    plans: list[tuple[list[str], EvalOptions]] = [(["parzen", "sample_quality"], options(continuous=True))]
+    sample_metrics = ["parzen", "sample_quality"] if dataset.num_classes else ["parzen"]  # the features need labels
+    plans: list[tuple[list[str], EvalOptions]] = [(sample_metrics, options(continuous=True))]
     if isinstance(model, VariationalPosterior):
         plans.append((["iw"], options(k=b.iw_k, limit=b.limit)))
     if isinstance(model, BinaryRBM):
