@@ -64,15 +64,10 @@ PARSERS = ["idx", "idx-gzip", "npy", "npz", "image-folder", "yaml", "overrides",
 OUTCOMES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
 
-# Bugs in vaelab/checkpoint.py found by this fuzzer, which its author could not change there: the
-# fuzz tolerates exactly these exception types, and only raised from checkpoint.py's own code (not
-# from code it calls in vaelab); each has a strict xfail regression test at the end of this file.
-# When checkpoint.py is fixed, those tests XPASS, and fail: delete them and the entry here.
-KNOWN_CHECKPOINT_BUGS: dict[str, tuple[type[BaseException], ...]] = {
-    "run-config": (UnicodeDecodeError, RecursionError, ValueError),  # read_text, json.loads (deep, long ints)
-    "training-state": (RecursionError,),  # json.loads / _join_state of state JSON nested too deep
-    "weights": (RecursionError,),  # the same, through checkpoint="last"
-}
+# Exceptions the fuzz tolerates from checkpoint.py's own code, per parser: none since the bugs it
+# found there (non-UTF-8 config.json, JSON nested too deep, numbers too long) were fixed; their
+# regression tests are at the end of this file. A new entry needs a bug report beside it.
+KNOWN_CHECKPOINT_BUGS: dict[str, tuple[type[BaseException], ...]] = {}  # all fixed; regression tests below
 CHECKPOINT_PY = str(Path(checkpoint.__file__).resolve())
 VAELAB_SRC = str(Path(checkpoint.__file__).resolve().parent)
 
@@ -1006,35 +1001,21 @@ def _config_dir(tmp_path: Path, content: bytes) -> Path:
     return tmp_path
 
 
-@pytest.mark.xfail(raises=UnicodeDecodeError, strict=True,
-                   reason="checkpoint.py bug: load_run_config reads config.json with read_text(); not UTF-8 -> "
-                          "UnicodeDecodeError. Fixed? Delete this xfail and its KNOWN_CHECKPOINT_BUGS entry")
 def test_run_config_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match=r"config\.json"):
         checkpoint.load_run_config(_config_dir(tmp_path, b"\x80\xff{}"))
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True,
-                   reason="checkpoint.py bug: json.loads of config.json nested 100,000 deep -> RecursionError. "
-                          "Fixed? Delete this xfail and its KNOWN_CHECKPOINT_BUGS entry")
 def test_run_config_nested_too_deep(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match=r"config\.json"):
         checkpoint.load_run_config(_config_dir(tmp_path, b"[" * 100_000 + b"]" * 100_000))
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="checkpoint.py bug: json.loads of a 5000-digit number raises ValueError (Python's "
-                          "int-from-text limit), not JSONDecodeError. Fixed? Delete this xfail and its "
-                          "KNOWN_CHECKPOINT_BUGS entry")
 def test_run_config_int_too_long(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match=r"config\.json"):
         checkpoint.load_run_config(_config_dir(tmp_path, b'{"model_name": "vae", "num_classes": ' + b"1" * 5000 + b"}"))
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True,
-                   reason="checkpoint.py bug: the state JSON of a checkpoint nested 100,000 deep -> RecursionError "
-                          "(json.loads), not CorruptFile. Fixed? Delete this xfail and its KNOWN_CHECKPOINT_BUGS "
-                          "entries")
 def test_training_state_nested_too_deep(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file

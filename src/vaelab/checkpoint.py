@@ -102,9 +102,13 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise VaelabError(f"{run_dir} is not a vaelab run directory (no {CONFIG_FILE})")
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise VaelabError(f"{path} is not valid JSON: it is not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise VaelabError(f"{path} is not valid JSON: {error.msg}") from None
+    except (ValueError, RecursionError) as error:  # a number too long to read, nesting too deep
+        raise VaelabError(f"{path} is not a vaelab run config: {str(error)[:100]}") from None
     if not isinstance(values, dict):
         raise VaelabError(f"{path} is not a vaelab run config (expected a JSON object)")
     try:
@@ -239,8 +243,8 @@ def _read_training_state(path: Path) -> dict[str, Any]:
     tensors, metadata = read_tensors_and_metadata(path, what="checkpoint")
     try:
         state = _join_state(json.loads(metadata["state"]), tensors)
-    except (KeyError, TypeError, ValueError) as error:
-        raise CorruptFile(f"cannot read checkpoint {path}: {error}") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise CorruptFile(f"cannot read checkpoint {path}: {str(error)[:100]}") from None
     if not isinstance(state, dict) or not {"model", "progress"} <= set(state):
         raise CorruptFile(f"{path} is not a vaelab training checkpoint")
     return state
