@@ -2,37 +2,50 @@
 
     PYTHONPATH=src python benchmarks/rbm_vs_sklearn.py --data-dir /work/shared/data \\
         [--epochs 5] [--hidden 200] [--lr 0.05] [--batch 100] [--ais-steps 60000] [--ais-runs 100] \\
-        [--test-images 2000] [--seed 0] [--threads 1] [--val-size 1000] \\
+        [--test-images 2000] [--seed 0] [--train-seeds 0,1,2] [--threads 1] [--val-size 1000] \\
         [--variant NAME:KEY=VALUE,KEY=VALUE ...] [--json OUT]
 
 In one process:
 
 1. Fashion-MNIST's training and test images are binarized once with NumPy
-   (np.random.RandomState(seed): u < grey value) and written to an .npz (x_train/x_test, bool) in a
-   temporary directory.
-2. vaelab is trained on that .npz by its own CLI (`vaelab train rbm`): binarize=none (the data is
-   already binary), persistent=true cd_k=1 num_chains=BATCH, optimizer=sgd momentum=0
-   weight_decay=0 lr=LR batch_size=BATCH, EPOCHS epochs, val_size=VAL_SIZE (vaelab holds a
-   validation split out of the training split), seed=SEED.
-3. scikit-learn's BernoulliRBM(n_components=HIDDEN, learning_rate=LR, batch_size=BATCH,
-   n_iter=EPOCHS, random_state=SEED) is fitted to exactly vaelab's training split (the same images
-   in the same order: 60,000 - VAL_SIZE of them, 2,950 updates of 100 at the defaults), float64.
-4. sklearn's weights are loaded into a vaelab RBM: W = components_.T, b = intercept_visible_,
-   c = intercept_hidden_.
-5. Both are scored by `rbm_log_partition_ais` (base-rate model fitted to that training split, the
-   same AIS seed) and `rbm_log_likelihood` on the first TEST_IMAGES binarized test images, at
-   AIS_STEPS and (the convergence check) at AIS_STEPS // 2 with an independent generator.
+   (np.random.RandomState(SEED): u < grey value, training images first) and written to an .npz
+   (x_train/x_test, bool) in a temporary directory.
+2. For each training seed S (--train-seeds, default SEED):
+   - `vaelab`: `vaelab train rbm` (vaelab's own CLI and trainer) on that .npz: binarize=none (the
+     data is already binary), persistent=true cd_k=1 num_chains=BATCH, optimizer=sgd momentum=0
+     weight_decay=0 lr=LR batch_size=BATCH, EPOCHS epochs, val_size=VAL_SIZE, --seed S. The trainer
+     holds VAL_SIZE images out for validation; the other 60,000 - VAL_SIZE (59,000: 590 updates an
+     epoch, 2,950 in all at the defaults) are the training split every model below gets.
+   - `sklearn`: BernoulliRBM(n_components=HIDDEN, learning_rate=LR, batch_size=BATCH,
+     n_iter=EPOCHS, random_state=S).fit(that training split), float64. fit() visits the array in
+     its given order (here Fashion-MNIST's file order) in every epoch.
+   - `sklearn_vaelab_order`: the same BernoulliRBM(random_state=S), trained by its own partial_fit
+     (one sklearn update per call) on exactly the minibatches vaelab's trainer drew with seed S
+     (BatchIterator(shuffle=True, seed=S, epoch=e)): identical settings including the order of
+     the data, so the two differ only in their code and random numbers.
+   - sklearn's weights are loaded into a vaelab RBM: W = components_.T, b = intercept_visible_,
+     c = intercept_hidden_.
+3. Every model is scored by `rbm_log_partition_ais` (base-rate model fitted to the training split,
+   AIS generator seeded with SEED, AIS_RUNS runs) and `rbm_log_likelihood` on the first TEST_IMAGES
+   binarized test images, at AIS_STEPS and (the convergence check) at AIS_STEPS // 2 from an
+   independent generator.
 
---variant adds further vaelab runs with the same settings plus overrides, e.g.
-`--variant momentum0.9:momentum=0.9` (the TrainConfig default for sgd) or
-`--variant chains128:num_chains=128`; each is trained and scored like the others.
+The tables give each run's test log-likelihood and log Z at both step counts; the paired
+difference vaelab - other of one seed has the stderr of the per-image difference of -F plus both
+log Z stderrs, in quadrature. Over several training seeds the summary gives each model's mean and
+the stderr of that mean over seeds (training noise included: at lr 0.05 a single run's final
+iterate moves by ~10 nats from one update to the next, see docs/models/rbm.md).
+
+--variant adds vaelab runs with the same settings plus overrides, e.g. `--variant
+momentum0.9:momentum=0.9` (the TrainConfig default for sgd) or `--variant chains128:num_chains=128`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +58,7 @@ import vaelab
 from vaelab.checkpoint import load_run_config
 from vaelab.cli import main as vaelab_main
 from vaelab.data.datasets import Split, load_dataset
+from vaelab.data.loader import BatchIterator
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.experiment import load_data, training_splits
 from vaelab.files import atomic_write_json
@@ -57,46 +71,85 @@ def binarize_once(images: torch.Tensor, rng: np.random.RandomState) -> np.ndarra
     return rng.uniform(size=grey.shape) < grey
 
 
-def train_vaelab(npz: Path, run_dir: Path, args, overrides: list[str]) -> float:
-    """`vaelab train rbm` on the .npz at the benchmark's settings plus `overrides`; returns seconds."""
+def train_vaelab(npz: Path, run_dir: Path, args, seed: int, overrides: list[str]) -> RBM:
+    """`vaelab train rbm` on the .npz at the benchmark's settings plus `overrides`."""
     settings = ["binarize=none", "persistent=true", "cd_k=1", f"num_chains={args.batch}",
                 f"num_hidden={args.hidden}", "optimizer=sgd", "momentum=0", "weight_decay=0",
                 f"lr={args.lr}", f"batch_size={args.batch}", f"val_size={args.val_size}", "tensorboard=false",
                 "device=cpu"]
     argv = ["train", "rbm", "--data", str(npz), "--out", str(run_dir), "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--overwrite", *settings, *overrides]
+            "--seed", str(seed), "--overwrite", *settings, *overrides]
     print("vaelab " + " ".join(argv), file=sys.stderr)
-    start = time.perf_counter()
     if vaelab_main(argv) != 0:
         raise SystemExit(f"vaelab train failed for {run_dir}")
-    return time.perf_counter() - start
+    model = vaelab.load(run_dir)
+    assert isinstance(model, RBM)
+    return model
 
 
-def sklearn_rbm(train: np.ndarray, args) -> tuple[RBM, float]:
-    """BernoulliRBM fitted to train (N, D) float64; its weights in a vaelab RBM, and the seconds."""
+def sklearn_model(args, seed: int):
     from sklearn.neural_network import BernoulliRBM
 
-    model = BernoulliRBM(n_components=args.hidden, learning_rate=args.lr, batch_size=args.batch,
-                         n_iter=args.epochs, random_state=args.seed)
-    start = time.perf_counter()
-    model.fit(train)
-    seconds = time.perf_counter() - start
-    rbm = RBM(RBMConfig(num_hidden=args.hidden), (1, 28, 28))
+    return BernoulliRBM(n_components=args.hidden, learning_rate=args.lr, batch_size=args.batch,
+                        n_iter=args.epochs, random_state=seed)
+
+
+def as_vaelab_rbm(model, hidden: int) -> RBM:
+    """A fitted BernoulliRBM's parameters in a vaelab RBM (float32)."""
+    rbm = RBM(RBMConfig(num_hidden=hidden), (1, 28, 28))
     with torch.no_grad():
         rbm.weight.copy_(torch.from_numpy(model.components_.T))
         rbm.visible_bias.copy_(torch.from_numpy(model.intercept_visible_))
         rbm.hidden_bias.copy_(torch.from_numpy(model.intercept_hidden_))
-    return rbm.eval(), seconds
+    return rbm.eval()
 
 
-def score(rbm: RBM, base: torch.Tensor, test, args) -> dict:
-    """log Z at AIS_STEPS with its half-steps check, and the test log-likelihood under both."""
+def sklearn_fit(train: Split, args, seed: int) -> RBM:
+    """BernoulliRBM.fit on the training split as it is stored (the same order every epoch)."""
+    model = sklearn_model(args, seed)
+    model.fit(train.images.reshape(len(train), -1).double().numpy())
+    return as_vaelab_rbm(model, args.hidden)
+
+
+def sklearn_in_vaelab_order(train: Split, args, seed: int) -> RBM:
+    """BernoulliRBM.partial_fit on the minibatches vaelab's trainer draws with this seed, in its order."""
+    model = sklearn_model(args, seed)
+    for epoch in range(args.epochs):
+        for batch in BatchIterator(train, args.batch, shuffle=True, seed=seed, epoch=epoch):
+            model.partial_fit(batch.x.reshape(len(batch), -1).double().numpy())
+    return as_vaelab_rbm(model, args.hidden)
+
+
+def score(rbm: RBM, base: torch.Tensor, test: Split, args) -> dict:
+    """log Z at AIS_STEPS with its half-steps check, the test log-likelihood, and -F per test image."""
     start = time.perf_counter()
     log_z = rbm_log_partition_ais(rbm, base, num_runs=args.ais_runs, num_steps=args.ais_steps,
                                   generator=torch.Generator().manual_seed(args.seed), convergence_check=True)
     seconds = time.perf_counter() - start
     log_likelihood = rbm_log_likelihood(rbm, test, log_z)
-    return {"log_z": log_z.to_dict(), "test_log_likelihood": log_likelihood.to_dict(), "ais_seconds": seconds}
+    with torch.no_grad():
+        negative_free_energy = -rbm.free_energy(test.images).double()
+    return {"log_z": log_z.to_dict(), "test_log_likelihood": log_likelihood.to_dict(), "ais_seconds": seconds,
+            "_negative_free_energy": negative_free_energy}
+
+
+def paired_difference(a: dict, b: dict, half: bool = False) -> tuple[float, float]:
+    """Test log-likelihood of a minus that of b on the same images, and its stderr: the per-image
+    difference of -F over the images, and both log Z stderrs, in quadrature."""
+    def log_z(entry):
+        estimate = entry["log_z"]
+        return (estimate["settings"]["half_steps"]["value"], estimate["settings"]["half_steps"]["stderr"]) if half \
+            else (estimate["value"], estimate["stderr"])
+    per_image = a["_negative_free_energy"] - b["_negative_free_energy"]
+    (za, sa), (zb, sb) = log_z(a), log_z(b)
+    value = per_image.mean().item() - (za - zb)
+    stderr = math.sqrt(per_image.var().item() / len(per_image) + sa ** 2 + sb ** 2)
+    return value, stderr
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
 
 
 def main() -> int:
@@ -111,71 +164,96 @@ def main() -> int:
     parser.add_argument("--ais-steps", type=int, default=60000)
     parser.add_argument("--ais-runs", type=int, default=100)
     parser.add_argument("--test-images", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="binarization and AIS seed (and the training seed)")
+    parser.add_argument("--train-seeds", help="comma-separated training seeds (default: --seed)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--val-size", type=int, default=1000,
                         help="images vaelab holds out for validation (default 1000: 59,000 training images)")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME:KEY=VALUE,KEY=VALUE: one more vaelab run with these overrides")
+    parser.add_argument("--no-vaelab-order", action="store_true", help="skip the sklearn_vaelab_order runs")
     parser.add_argument("--keep", help="keep the .npz and run directories in this folder")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.val_size < 1:
         raise SystemExit("--val-size must be at least 1 (vaelab's trainer needs a validation split)")
+    seeds = [int(s) for s in args.train_seeds.split(",")] if args.train_seeds else [args.seed]
 
     dataset = load_dataset("fashion-mnist", args.data_dir)
     rng = np.random.RandomState(args.seed)
     x_train, x_test = binarize_once(dataset.train.images, rng), binarize_once(dataset.test.images, rng)
-
+    test = Split(torch.from_numpy(x_test[: args.test_images, None].astype(np.float32)), None)
     variants = [("vaelab", [])]
     for spec in args.variant:
         name, _, overrides = spec.partition(":")
         variants.append((name, [item for item in overrides.split(",") if item]))
+    started = time.perf_counter()
+    results: dict = {"settings": {key: value for key, value in vars(args).items() if key != "json"},
+                     "runs": {}}
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         npz = folder / "fashion_mnist_binary.npz"
         np.savez(npz, x_train=x_train, x_test=x_test)
-        results: dict = {"settings": {key: value for key, value in vars(args).items() if key != "json"},
-                         "models": {}}
-        models: dict[str, RBM] = {}
-        seconds: dict[str, float] = {}
-        for name, overrides in variants:
-            run_dir = folder / f"run_{name}"
-            seconds[name] = train_vaelab(npz, run_dir, args, overrides)
-            loaded = vaelab.load(run_dir)
-            assert isinstance(loaded, RBM)
-            models[name] = loaded
-            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            results["models"][name] = {"overrides": overrides, "updates": metrics[-1]["step"]}
-        data_config = load_run_config(folder / "run_vaelab").data
-        train_split, _ = training_splits(load_data(data_config), data_config)
-        train = train_split.images.reshape(len(train_split), -1).double().numpy()
-        models["sklearn"], seconds["sklearn"] = sklearn_rbm(train, args)
-        results["models"]["sklearn"] = {"updates": args.epochs * -(-len(train) // args.batch)}
+        for seed in seeds:
+            models: dict[str, RBM] = {}
+            for name, overrides in variants:
+                models[name] = train_vaelab(npz, folder / f"run_{name}_seed{seed}", args, seed, overrides)
+            data_config = load_run_config(folder / f"run_vaelab_seed{seed}").data
+            train, _ = training_splits(load_data(data_config), data_config)
+            models["sklearn"] = sklearn_fit(train, args, seed)
+            if not args.no_vaelab_order:
+                models["sklearn_vaelab_order"] = sklearn_in_vaelab_order(train, args, seed)
+            base = base_rate_visible_bias(train)
+            results["settings"]["training_images"] = len(train)
+            results["settings"]["updates"] = args.epochs * -(-len(train) // args.batch)
+            run = results["runs"][str(seed)] = {}
+            for name, rbm in models.items():
+                run[name] = score(rbm, base, test, args)
+                print(f"  seed {seed}: scored {name} ({run[name]['ais_seconds']:.0f} s of AIS): "
+                      f"{run[name]['test_log_likelihood']['value']:.2f}", file=sys.stderr)
+    results["seconds"] = time.perf_counter() - started
 
-    base = base_rate_visible_bias(train_split)
-    test_images = torch.from_numpy(x_test[: args.test_images, None].astype(np.float32))
-    test = Split(test_images, None)
-    results["settings"]["training_images"] = len(train_split)
-    print(f"\n{len(train_split)} training images (vaelab's training split, given to sklearn as well), "
-          f"{len(test)} test images; AIS {args.ais_runs} runs, base-rate model", file=sys.stderr)
-    for name in ["sklearn", *[name for name, _ in variants]]:
-        scored = score(models[name], base, test, args)
-        results["models"][name].update(scored, train_seconds=seconds[name])
-        print(f"  scored {name}: {scored['ais_seconds']:.0f} s of AIS", file=sys.stderr)
-
-    header = (f"| model | updates | test log-lik. ({args.ais_steps} steps) | log Z | "
-              f"test log-lik. ({args.ais_steps // 2} steps) | log Z | converged |")
-    print("\n" + header + "\n" + "|---" * 7 + "|")
-    for name, entry in results["models"].items():
-        ll, half = entry["test_log_likelihood"], entry["test_log_likelihood"]["settings"]["half_steps"]
-        log_z, log_z_half = entry["log_z"], entry["log_z"]["settings"]["half_steps"]
-        print(f"| {name} | {entry['updates']} | {ll['value']:.2f} +- {ll['stderr']:.2f} | "
-              f"{log_z['value']:.3f} +- {log_z['stderr']:.3f} | {half['value']:.2f} +- {half['stderr']:.2f} | "
-              f"{log_z_half['value']:.3f} +- {log_z_half['stderr']:.3f} | {entry['log_z']['settings']['converged']} |")
+    half_steps = args.ais_steps // 2
+    print(f"\n{results['settings']['training_images']} training images, {results['settings']['updates']} updates; "
+          f"{len(test)} test images; AIS {args.ais_runs} runs from the base-rate model")
+    print(f"\n| seed | model | test log-lik. ({args.ais_steps} steps) | log Z | test log-lik. ({half_steps} steps) "
+          "| log Z | converged | vaelab - model |")
+    print("|---" * 8 + "|")
+    names = list(next(iter(results["runs"].values())))
+    for seed, run in results["runs"].items():
+        for name in names:
+            entry = run[name]
+            ll, log_z = entry["test_log_likelihood"], entry["log_z"]
+            half, half_z = ll["settings"]["half_steps"], log_z["settings"]["half_steps"]
+            entry["vaelab_minus_this"] = None if name == "vaelab" else paired_difference(run["vaelab"], entry)
+            difference = "" if name == "vaelab" else "{:+.2f} +- {:.2f}".format(*entry["vaelab_minus_this"])
+            entry["vaelab_minus_this_half_steps"] = None if name == "vaelab" else \
+                paired_difference(run["vaelab"], entry, half=True)
+            print(f"| {seed} | {name} | {ll['value']:.2f} +- {ll['stderr']:.2f} | {log_z['value']:.2f} +- "
+                  f"{log_z['stderr']:.2f} | {half['value']:.2f} +- {half['stderr']:.2f} | {half_z['value']:.2f} +- "
+                  f"{half_z['stderr']:.2f} | {log_z['settings']['converged']} | {difference} |")
+    summary = results["summary"] = {}
+    if len(seeds) > 1:
+        print(f"\nover {len(seeds)} training seeds (mean +- stderr over seeds):\n")
+        print(f"| model | test log-lik. ({args.ais_steps} steps) | ({half_steps} steps) | vaelab - model |")
+        print("|---|---|---|---|")
+        for name in names:
+            full = mean_and_stderr([run[name]["test_log_likelihood"]["value"] for run in results["runs"].values()])
+            half = mean_and_stderr([run[name]["test_log_likelihood"]["settings"]["half_steps"]["value"]
+                                    for run in results["runs"].values()])
+            gap = None if name == "vaelab" else \
+                mean_and_stderr([run[name]["vaelab_minus_this"][0] for run in results["runs"].values()])
+            summary[name] = {"test_log_likelihood": full, "test_log_likelihood_half_steps": half,
+                             "vaelab_minus_this": gap}
+            gap_text = "" if gap is None else f"{gap[0]:+.2f} +- {gap[1]:.2f}"
+            print(f"| {name} | {full[0]:.2f} +- {full[1]:.2f} | {half[0]:.2f} +- {half[1]:.2f} | {gap_text} |")
+    for run in results["runs"].values():
+        for entry in run.values():
+            del entry["_negative_free_energy"]
+    print(f"\ntotal {results['seconds']:.0f} s")
     if args.json:
         atomic_write_json(args.json, results)
     return 0

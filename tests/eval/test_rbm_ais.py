@@ -10,10 +10,12 @@ from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
 from vaelab.eval.likelihood import Estimate
 from vaelab.eval.rbm_ais import (
+    _convergence,
     ais_log_weights,
     ais_schedule,
     base_log_partition,
     base_rate_visible_bias,
+    half_schedule,
     rbm_log_likelihood,
     rbm_log_partition_ais,
     softplus_difference,
@@ -236,3 +238,78 @@ def test_log_likelihood_with_ais_log_z_matches_exact():
     estimate = rbm_log_likelihood(rbm, Split(v.view(200, 1, 1, 12)), log_z)
     assert abs(estimate.value - exact) < 0.1
     assert estimate.settings["log_z_settings"]["num_runs"] == 100
+
+
+# -- the convergence check: the same estimate at half the steps --------------------------------
+
+def test_convergence_check_is_the_same_estimate_at_half_the_steps_from_an_independent_generator():
+    rbm = make_rbm(10, 8, 0.8, seed=12)
+    checked = rbm_log_partition_ais(rbm, num_runs=30, num_steps=41, generator=generator(5))
+    plain = rbm_log_partition_ais(rbm, num_runs=30, num_steps=41, generator=generator(5), convergence_check=False)
+    # the main estimate does not depend on whether the check runs
+    assert checked.value == plain.value and checked.stderr == plain.stderr
+    assert plain.settings["half_steps"] is None and plain.settings["converged"] is None
+    half = checked.settings["half_steps"]
+    # its generator is seeded by one draw from the caller's generator after the main run
+    main_generator = generator(5)
+    ais_log_weights(rbm, torch.zeros(10), ais_schedule(41), 30, main_generator)
+    expected_seed = int(torch.randint(0, 2 ** 62, (1,), generator=main_generator).item())
+    assert half["seed"] == expected_seed != 5
+    again = rbm_log_partition_ais(rbm, num_runs=30, num_steps=20, generator=generator(expected_seed),
+                                  convergence_check=False)
+    assert half["num_steps"] == 20  # 41 // 2, the paper's schedule rescaled
+    assert half["value"] == again.value and half["stderr"] == again.stderr
+    assert half["difference"] == pytest.approx(checked.value - again.value, abs=1e-12)
+    assert half["difference_stderr"] == pytest.approx(math.hypot(checked.stderr, again.stderr), rel=1e-12)
+    assert checked.settings["converged"] == (abs(checked.value - again.value) <= checked.stderr)
+    assert half["value"] != checked.value
+
+
+def test_convergence_check_of_an_exact_estimate_passes_and_of_a_one_step_schedule_is_skipped():
+    rbm = make_rbm(12, 6, 0.0, seed=2)  # the target is the base model: every estimate is exact
+    estimate = rbm_log_partition_ais(rbm, rbm.visible_bias.detach().clone(), num_runs=20, num_steps=50)
+    assert estimate.settings["half_steps"]["num_steps"] == 25
+    assert estimate.settings["half_steps"]["value"] == pytest.approx(estimate.value, abs=1e-5)
+    assert estimate.settings["converged"] is True
+    one_step = rbm_log_partition_ais(rbm, num_runs=5, betas=[0.0, 1.0])
+    assert one_step.settings["half_steps"] is None and one_step.settings["converged"] is None
+
+
+@pytest.mark.parametrize("betas, half", [([0.0, 0.1, 0.3, 0.6, 1.0], [0.0, 0.3, 1.0]),
+                                         ([0.0, 0.2, 0.5, 1.0], [0.0, 0.5, 1.0]),
+                                         ([0.0, 0.5, 1.0], [0.0, 1.0])])
+def test_convergence_check_of_a_custom_schedule_keeps_every_other_beta(betas, half):
+    assert half_schedule(torch.tensor(betas, dtype=torch.float64)).tolist() == half
+    rbm = make_rbm(10, 8, 0.5, seed=13)
+    estimate = rbm_log_partition_ais(rbm, num_runs=10, betas=betas, generator=generator(1))
+    seed = estimate.settings["half_steps"]["seed"]
+    again = rbm_log_partition_ais(rbm, num_runs=10, betas=half, generator=generator(seed), convergence_check=False)
+    assert estimate.settings["half_steps"]["num_steps"] == len(half) - 1
+    assert estimate.settings["half_steps"]["value"] == again.value
+
+
+def test_converged_means_within_the_full_estimates_stderr_of_the_half_steps_estimate():
+    """The issue's case: log Z 2.2 nats below its 60,000-step value with a stderr of 0.05 is flagged;
+    a move smaller than the stderr is not; the difference's own stderr is the two in quadrature."""
+    moved = _convergence(650.0, 0.05, 652.2, 0.07, 7250, seed=1)
+    assert moved["converged"] is False
+    assert moved["half_steps"]["difference"] == pytest.approx(-2.2)
+    assert moved["half_steps"]["difference_stderr"] == pytest.approx(math.hypot(0.05, 0.07))
+    assert _convergence(650.0, 0.05, 650.04, 0.07, 7250, seed=1)["converged"] is True
+    assert _convergence(650.0, 0.05, 649.94, 0.07, 7250, seed=1)["converged"] is False
+
+
+def test_log_likelihood_carries_the_convergence_check_of_its_log_z():
+    rbm = make_rbm(10, 8, 1.0, seed=14)
+    split = Split(binary_states(10, dtype=torch.float32)[::7].reshape(-1, 1, 1, 10))
+    log_z = rbm_log_partition_ais(rbm, num_runs=20, num_steps=30, generator=generator(4))
+    estimate = rbm_log_likelihood(rbm, split, log_z)
+    mean = estimate.settings["mean_negative_free_energy"]
+    half = estimate.settings["half_steps"]
+    assert half["num_steps"] == 15 and half["value"] == pytest.approx(mean - log_z.settings["half_steps"]["value"])
+    assert half["difference"] == pytest.approx(estimate.value - half["value"], abs=1e-9)
+    assert half["stderr"] == pytest.approx(math.hypot(estimate.settings["negative_free_energy_stderr"],
+                                                      log_z.settings["half_steps"]["stderr"]))
+    assert estimate.settings["converged"] == log_z.settings["converged"]
+    unchecked = rbm_log_likelihood(rbm, split, Estimate(log_z.value, log_z.stderr))
+    assert unchecked.settings["half_steps"] is None and unchecked.settings["converged"] is None

@@ -93,8 +93,10 @@ def convergence_flags(results: dict[str, Any]) -> list[str]:
         for name, estimate in metrics.items():
             half = estimate.get("settings", {}).get("half_steps")
             if half and estimate["settings"].get("converged") is False:
+                # an RBM log-likelihood moves with its log Z: judged against log Z's stderr
+                stderr = estimate["settings"].get("log_z_stderr", estimate["stderr"])
                 flags.append(f"{name} of {model} moved by {abs(estimate['value'] - half['value']):.2f} nats between "
-                             f"{half['num_steps']:,} steps and twice as many (stderr {estimate['stderr']:.2f}): "
+                             f"{half['num_steps']:,} steps and twice as many (stderr {stderr:.2f}): "
                              "not converged, read it as a rough figure")
     return flags
 

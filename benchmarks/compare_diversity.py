@@ -1,0 +1,55 @@
+"""The collapse check of a `vaelab compare` directory: for every run, the mean pairwise L2 distance of
+N samples (seeded) against that of N continuous test images, the comparison's protocol for sample
+metrics; a ratio well below 1 means collapsed samples (the issue's bar: at least 0.8).
+
+    PYTHONPATH=src python benchmarks/compare_diversity.py DIR [-n 1000] [--seed 0] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from gan_diversity import diversity
+from vaelab.checkpoint import load, load_run_config
+from vaelab.experiment import load_data
+from vaelab.files import atomic_write_json
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir")
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=1.0)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    summary = json.loads((Path(args.dir) / "summary.json").read_text())
+    results, reference = {}, None
+    for name, entry in summary["models"].items():
+        if entry["status"] != "ok":
+            continue
+        run = Path(args.dir) / entry["run_dir"]
+        if reference is None:
+            test = load_data(load_run_config(run).data).test.images
+            reference = diversity(test[torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
+                                       [: args.n]], args.threshold)
+            results["test images"] = reference
+        with torch.no_grad():
+            samples = load(run).sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+        results[name] = diversity(samples, args.threshold)
+        results[name]["ratio_to_test"] = results[name]["mean_pairwise_l2"] / reference["mean_pairwise_l2"]
+    for name, values in results.items():
+        print(f"{name:<12} mean pairwise L2 {values['mean_pairwise_l2']:6.2f}  ratio "
+              f"{values.get('ratio_to_test', 1.0):5.2f}  near-duplicate pairs {values['near_duplicate_pairs']}")
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
