@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/rbm_vs_sklearn.py --data-dir /work/shared/data \\
         [--epochs 5] [--hidden 200] [--lr 0.05] [--batch 100] [--ais-steps 60000] [--ais-runs 100] \\
         [--test-images 2000] [--seed 0] [--train-seeds 0,1,2] [--threads 1] [--val-size 1000] \\
-        [--variant NAME:KEY=VALUE,KEY=VALUE ...] [--json OUT]
+        [--models sklearn,sklearn_vaelab_order,vaelab_file_order] [--trace LAST:EVERY]
+        [--log-z-sweep 3625,7250,14500,29000,60000] [--variant NAME:KEY=VALUE,KEY=VALUE ...] [--json OUT]
 
 In one process:
 
@@ -23,6 +24,11 @@ In one process:
      (one sklearn update per call) on exactly the minibatches vaelab's trainer drew with seed S
      (BatchIterator(shuffle=True, seed=S, epoch=e)): identical settings including the order of
      the data, so the two differ only in their code and random numbers.
+   - `vaelab_file_order`: vaelab's RBM and update (RBM.train_step through the trainer's Updater
+     and build_optimizer, the model built and the RNG seeded as `vaelab train --seed S` does) on
+     the training split in its stored order every epoch, as sklearn's fit() sees it. The trainer
+     always reshuffles, so this is the one vaelab run in sklearn's order. The same loop in the
+     trainer's order replays the `vaelab train` run bit for bit (--trace checks this).
    - sklearn's weights are loaded into a vaelab RBM: W = components_.T, b = intercept_visible_,
      c = intercept_hidden_.
 3. Every model is scored by `rbm_log_partition_ais` (base-rate model fitted to the training split,
@@ -30,11 +36,15 @@ In one process:
    binarized test images, at AIS_STEPS and (the convergence check) at AIS_STEPS // 2 from an
    independent generator.
 
-The tables give each run's test log-likelihood and log Z at both step counts; the paired
-difference vaelab - other of one seed has the stderr of the per-image difference of -F plus both
+The pairs that see the same minibatches in the same order are vaelab / sklearn_vaelab_order and
+vaelab_file_order / sklearn. The tables give each run's test log-likelihood and log Z at both
+step counts; the paired difference vaelab - other of one seed has the stderr of the per-image difference of -F plus both
 log Z stderrs, in quadrature. Over several training seeds the summary gives each model's mean and
 the stderr of that mean over seeds (training noise included: at lr 0.05 a single run's final
 iterate moves by ~10 nats from one update to the next, see docs/models/rbm.md).
+
+--trace LAST:EVERY re-runs the first seed's `vaelab train` run and scores its iterate every EVERY
+updates over the last LAST (AIS --trace-ais-steps), and the mean of those iterates.
 
 --variant adds vaelab runs with the same settings plus overrides, e.g. `--variant
 momentum0.9:momentum=0.9` (the TrainConfig default for sgd) or `--variant chains128:num_chains=128`.
@@ -57,12 +67,16 @@ import torch
 import vaelab
 from vaelab.checkpoint import load_run_config
 from vaelab.cli import main as vaelab_main
+from vaelab.config import TrainConfig
 from vaelab.data.datasets import Split, load_dataset
 from vaelab.data.loader import BatchIterator
 from vaelab.eval.rbm_ais import base_rate_visible_bias, rbm_log_likelihood, rbm_log_partition_ais
 from vaelab.experiment import load_data, training_splits
 from vaelab.files import atomic_write_json
 from vaelab.models.rbm import RBM, RBMConfig
+from vaelab.optim import Updater, build_optimizer
+
+OTHER_MODELS = ("sklearn", "sklearn_vaelab_order", "vaelab_file_order")
 
 
 def binarize_once(images: torch.Tensor, rng: np.random.RandomState) -> np.ndarray:
@@ -120,6 +134,55 @@ def sklearn_in_vaelab_order(train: Split, args, seed: int) -> RBM:
     return as_vaelab_rbm(model, args.hidden)
 
 
+def vaelab_loop(train: Split, args, seed: int, shuffle: bool, snapshot_steps: frozenset[int] = frozenset()
+                ) -> tuple[RBM, dict[int, dict[str, torch.Tensor]]]:
+    """vaelab's RBM and update (RBM.train_step through the trainer's Updater and build_optimizer),
+    the model built and the RNG seeded as `vaelab train --seed S` does, in a loop of our own:
+    shuffle=True draws the trainer's minibatches (BatchIterator(shuffle=True, seed=S, epoch=e)), so
+    it replays the `vaelab train` run; shuffle=False visits the training split in its stored order
+    every epoch, as sklearn's fit() does. Returns the model and its parameters after each update
+    in snapshot_steps (1-based)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rbm = RBM(RBMConfig(num_hidden=args.hidden, cd_k=1, persistent=True, num_chains=args.batch), (1, 28, 28))
+    torch.manual_seed(seed)
+    config = TrainConfig(optimizer="sgd", lr=args.lr, momentum=0.0, weight_decay=0.0, batch_size=args.batch)
+    updater = Updater(rbm.make_optimizers(lambda params: build_optimizer(params, config)))
+    step, snapshots = 0, {}
+    for epoch in range(args.epochs):
+        for batch in BatchIterator(train, args.batch, shuffle=shuffle, seed=seed, epoch=epoch):
+            rbm.train_step(batch, step, updater)
+            step += 1
+            if step in snapshot_steps:
+                snapshots[step] = {name: value.detach().clone() for name, value in rbm.state_dict().items()}
+    return rbm.eval(), snapshots
+
+
+def trace(train: Split, trained: RBM, base: torch.Tensor, test: Split, args, seed: int) -> dict:
+    """Replay the `vaelab train` run of this seed (checking it ends on the trainer's very weights) and
+    score its iterate every EVERY updates over the last LAST, and the mean of those iterates."""
+    last, every = (int(value) for value in args.trace.split(":"))
+    total = args.epochs * -(-len(train) // args.batch)
+    steps = frozenset(range(total, total - last, -every))
+    replay, snapshots = vaelab_loop(train, args, seed, shuffle=True, snapshot_steps=steps)
+    same = all(torch.equal(value, trained.state_dict()[name]) for name, value in replay.state_dict().items())
+    points = {}
+    for step in sorted(snapshots):
+        replay.load_state_dict(snapshots[step])
+        log_z = rbm_log_partition_ais(replay, base, num_runs=args.ais_runs, num_steps=args.trace_ais_steps,
+                                      generator=torch.Generator().manual_seed(args.seed))
+        points[step] = rbm_log_likelihood(replay, test, log_z).value
+        print(f"  trace seed {seed} update {step}: {points[step]:.2f} (log Z {log_z.value:.2f} +- "
+              f"{log_z.stderr:.2f}, converged {log_z.settings['converged']})", file=sys.stderr)
+    mean_state = {name: torch.stack([snap[name] for snap in snapshots.values()]).mean(0) for name in snapshots[total]}
+    replay.load_state_dict(mean_state)
+    log_z = rbm_log_partition_ais(replay, base, num_runs=args.ais_runs, num_steps=args.trace_ais_steps,
+                                  generator=torch.Generator().manual_seed(args.seed))
+    mean_iterate = rbm_log_likelihood(replay, test, log_z).value
+    return {"replays_the_trainer_exactly": same, "ais_steps": args.trace_ais_steps,
+            "test_log_likelihood_by_update": points, "mean_of_these_iterates": mean_iterate}
+
+
 def score(rbm: RBM, base: torch.Tensor, test: Split, args) -> dict:
     """log Z at AIS_STEPS with its half-steps check, the test log-likelihood, and -F per test image."""
     start = time.perf_counter()
@@ -131,6 +194,21 @@ def score(rbm: RBM, base: torch.Tensor, test: Split, args) -> dict:
         negative_free_energy = -rbm.free_energy(test.images).double()
     return {"log_z": log_z.to_dict(), "test_log_likelihood": log_likelihood.to_dict(), "ais_seconds": seconds,
             "_negative_free_energy": negative_free_energy}
+
+
+def log_z_sweep(rbm: RBM, base: torch.Tensor, args, step_counts: list[int]) -> dict[int, dict]:
+    """log Z at each step count (the paper's schedule scaled), seconds included: how it converges."""
+    sweep = {}
+    for steps in step_counts:
+        start = time.perf_counter()
+        log_z = rbm_log_partition_ais(rbm, base, num_runs=args.ais_runs, num_steps=steps, convergence_check=False,
+                                      generator=torch.Generator().manual_seed(args.seed + steps))
+        sweep[steps] = {"value": log_z.value, "stderr": log_z.stderr,
+                        "effective_sample_size": log_z.settings["effective_sample_size"],
+                        "seconds": time.perf_counter() - start}
+        print(f"    log Z at {steps} steps: {log_z.value:.3f} +- {log_z.stderr:.3f} "
+              f"(ESS {log_z.settings['effective_sample_size']:.1f}, {sweep[steps]['seconds']:.0f} s)", file=sys.stderr)
+    return sweep
 
 
 def paired_difference(a: dict, b: dict, half: bool = False) -> tuple[float, float]:
@@ -171,7 +249,14 @@ def main() -> int:
                         help="images vaelab holds out for validation (default 1000: 59,000 training images)")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME:KEY=VALUE,KEY=VALUE: one more vaelab run with these overrides")
-    parser.add_argument("--no-vaelab-order", action="store_true", help="skip the sklearn_vaelab_order runs")
+    parser.add_argument("--models", default=",".join(OTHER_MODELS),
+                        help=f"which of {', '.join(OTHER_MODELS)} to train besides vaelab (default all)")
+    parser.add_argument("--log-z-sweep", metavar="STEPS,STEPS,...",
+                        help="also estimate every model's log Z at each of these AIS step counts (no half-steps "
+                             "check; generator seeded with SEED + the step count)")
+    parser.add_argument("--trace", metavar="LAST:EVERY",
+                        help="also score the first seed's vaelab iterate every EVERY updates over the last LAST")
+    parser.add_argument("--trace-ais-steps", type=int, default=7250, help="AIS steps of the trace (default 7250)")
     parser.add_argument("--keep", help="keep the .npz and run directories in this folder")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
@@ -179,6 +264,11 @@ def main() -> int:
     if args.val_size < 1:
         raise SystemExit("--val-size must be at least 1 (vaelab's trainer needs a validation split)")
     seeds = [int(s) for s in args.train_seeds.split(",")] if args.train_seeds else [args.seed]
+    args.models = [name for name in args.models.split(",") if name]
+    unknown = set(args.models) - set(OTHER_MODELS)
+    if unknown:
+        raise SystemExit(f"unknown --models {', '.join(sorted(unknown))}; choose from {', '.join(OTHER_MODELS)}")
+    sweep = [int(steps) for steps in args.log_z_sweep.split(",")] if args.log_z_sweep else []
 
     dataset = load_dataset("fashion-mnist", args.data_dir)
     rng = np.random.RandomState(args.seed)
@@ -203,10 +293,15 @@ def main() -> int:
                 models[name] = train_vaelab(npz, folder / f"run_{name}_seed{seed}", args, seed, overrides)
             data_config = load_run_config(folder / f"run_vaelab_seed{seed}").data
             train, _ = training_splits(load_data(data_config), data_config)
-            models["sklearn"] = sklearn_fit(train, args, seed)
-            if not args.no_vaelab_order:
+            if "sklearn" in args.models:
+                models["sklearn"] = sklearn_fit(train, args, seed)
+            if "sklearn_vaelab_order" in args.models:
                 models["sklearn_vaelab_order"] = sklearn_in_vaelab_order(train, args, seed)
+            if "vaelab_file_order" in args.models:
+                models["vaelab_file_order"], _ = vaelab_loop(train, args, seed, shuffle=False)
             base = base_rate_visible_bias(train)
+            if args.trace and seed == seeds[0]:
+                results["trace"] = trace(train, models["vaelab"], base, test, args, seed)
             results["settings"]["training_images"] = len(train)
             results["settings"]["updates"] = args.epochs * -(-len(train) // args.batch)
             run = results["runs"][str(seed)] = {}
@@ -214,6 +309,8 @@ def main() -> int:
                 run[name] = score(rbm, base, test, args)
                 print(f"  seed {seed}: scored {name} ({run[name]['ais_seconds']:.0f} s of AIS): "
                       f"{run[name]['test_log_likelihood']['value']:.2f}", file=sys.stderr)
+                if sweep:
+                    run[name]["log_z_sweep"] = log_z_sweep(rbm, base, args, sweep)
     results["seconds"] = time.perf_counter() - started
 
     half_steps = args.ais_steps // 2
@@ -232,6 +329,10 @@ def main() -> int:
             difference = "" if name == "vaelab" else "{:+.2f} +- {:.2f}".format(*entry["vaelab_minus_this"])
             entry["vaelab_minus_this_half_steps"] = None if name == "vaelab" else \
                 paired_difference(run["vaelab"], entry, half=True)
+            if name == "sklearn" and "vaelab_file_order" in run:  # the same batches, in the file's order
+                entry["vaelab_file_order_minus_this"] = paired_difference(run["vaelab_file_order"], entry)
+                difference += " (vaelab_file_order - sklearn: {:+.2f} +- {:.2f})".format(
+                    *entry["vaelab_file_order_minus_this"])
             print(f"| {seed} | {name} | {ll['value']:.2f} +- {ll['stderr']:.2f} | {log_z['value']:.2f} +- "
                   f"{log_z['stderr']:.2f} | {half['value']:.2f} +- {half['stderr']:.2f} | {half_z['value']:.2f} +- "
                   f"{half_z['stderr']:.2f} | {log_z['settings']['converged']} | {difference} |")
@@ -249,10 +350,33 @@ def main() -> int:
             summary[name] = {"test_log_likelihood": full, "test_log_likelihood_half_steps": half,
                              "vaelab_minus_this": gap}
             gap_text = "" if gap is None else f"{gap[0]:+.2f} +- {gap[1]:.2f}"
+            if name == "sklearn" and "vaelab_file_order" in names:
+                same_order = mean_and_stderr([run[name]["vaelab_file_order_minus_this"][0]
+                                              for run in results["runs"].values()])
+                summary[name]["vaelab_file_order_minus_this"] = same_order
+                gap_text += f" (vaelab_file_order - sklearn: {same_order[0]:+.2f} +- {same_order[1]:.2f})"
             print(f"| {name} | {full[0]:.2f} +- {full[1]:.2f} | {half[0]:.2f} +- {half[1]:.2f} | {gap_text} |")
     for run in results["runs"].values():
         for entry in run.values():
             del entry["_negative_free_energy"]
+    if sweep:
+        print("\nlog Z by AIS steps (100 runs unless --ais-runs; +- the delta-method stderr; ESS):\n")
+        print("| seed | model | " + " | ".join(f"{steps} steps" for steps in sweep) + " |")
+        print("|---" * (len(sweep) + 2) + "|")
+        for seed, run in results["runs"].items():
+            for name in names:
+                cells = [f"{v['value']:.2f} +- {v['stderr']:.2f} ({v['effective_sample_size']:.0f})"
+                         for v in run[name]["log_z_sweep"].values()]
+                print(f"| {seed} | {name} | " + " | ".join(cells) + " |")
+    if "trace" in results:
+        t = results["trace"]
+        print(f"\ntrace of the seed-{seeds[0]} vaelab run (replayed: identical to the trainer's weights: "
+              f"{t['replays_the_trainer_exactly']}; AIS {t['ais_steps']} steps):")
+        by_update = t["test_log_likelihood_by_update"]
+        print("| update | " + " | ".join(str(step) for step in by_update) + " | mean of these |")
+        print("|---" * (len(by_update) + 2) + "|")
+        print("| test log-lik. | " + " | ".join(f"{value:.2f}" for value in by_update.values())
+              + f" | {t['mean_of_these_iterates']:.2f} |")
     print(f"\ntotal {results['seconds']:.0f} s")
     if args.json:
         atomic_write_json(args.json, results)

@@ -15,6 +15,7 @@ from tiny_runs import error_lines, write_images
 from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.comparison.budget import BUDGETS, load_budget
+from vaelab.comparison.runner import Job, train
 from vaelab.models.vae import VAE
 from vaelab.registry import MODELS
 
@@ -99,7 +100,7 @@ def test_rerunning_reuses_finished_runs(compared, capfd):
 def test_an_interrupted_run_is_resumed(compared, tmp_path, monkeypatch):
     out = tmp_path / "out"
     budget = write_budget(tmp_path / "budget.yaml", {"vae": RUNS["vae"]})
-    argv = ["compare", "--budget", str(budget), "--data", str(compared["data"]), "--out", str(out)]
+    run = out / "runs" / "vae"
     original = VAE.train_step
 
     def interrupted(self, batch, step, updater):
@@ -107,12 +108,14 @@ def test_an_interrupted_run_is_resumed(compared, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, batch, step, updater)
 
+    # the run as compare trains it (the same command line), cut short by an interrupt
+    job = Job(load_budget(str(budget)).runs["vae"], run, str(compared["data"]), None, 0, load_budget(str(budget)).eval)
     monkeypatch.setattr(VAE, "train_step", interrupted)
-    assert main(argv) == 1
+    with pytest.raises(KeyboardInterrupt):
+        train(job)
     monkeypatch.setattr(VAE, "train_step", original)
-    run = out / "runs" / "vae"
     assert load_training_state(run)["progress"]["step"] == 9 and not (run / "model.safetensors").exists()
-    assert main(argv) == 0
+    assert main(["compare", "--budget", str(budget), "--data", str(compared["data"]), "--out", str(out)]) == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2] and lines[-1]["step"] == 14
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -205,6 +206,67 @@ def test_weight_decay_applies_to_the_weights_only():
     assert groups[(id(model.weight),)]["weight_decay"] == 0.01
     assert groups[(id(model.visible_bias), id(model.hidden_bias))]["weight_decay"] == 0.0
     assert all(g["momentum"] == 0.5 and g["lr"] == 0.1 for g in optimizer.param_groups)
+
+
+def test_one_pcd_update_through_the_trainers_optimizer_is_sklearns_bernoulli_rbm_update():
+    """scikit-learn's BernoulliRBM._fit and vaelab's train_step with the trainer's plain SGD
+    (optimizer=sgd momentum=0 lr=0.05) make the same update from the same parameters and data:
+    W += lr/B (v'p(h|v) - v~'p(h|v~)), b += lr mean(v - v~), c += lr mean(p(h|v) - p(h|v~)), all from
+    the parameters before the update. Visible biases of +-40 make the negative particles v~ the same
+    deterministic state in both (sklearn draws them from its stored hidden sample, vaelab from its
+    stored visible state), so the two updates can be compared exactly."""
+    sklearn_rbm = pytest.importorskip("sklearn.neural_network").BernoulliRBM
+    model = make_rbm(num_hidden=4, persistent=True, num_chains=5)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.weight.copy_(0.3 * torch.randn(6, 4, generator=generator))
+        model.hidden_bias.copy_(torch.randn(4, generator=generator))
+        model.visible_bias.copy_(torch.tensor([40.0, -40, 40, 40, -40, -40]))
+    x = (torch.rand(5, 6, generator=generator) < 0.5).float()
+    reference = sklearn_rbm(n_components=4, learning_rate=0.05, batch_size=5)
+    reference.components_ = model.weight.detach().double().numpy().T.copy()
+    reference.intercept_hidden_ = model.hidden_bias.detach().double().numpy().copy()
+    reference.intercept_visible_ = model.visible_bias.detach().double().numpy().copy()
+    reference.h_samples_ = np.zeros((5, 4))
+    before = copy.deepcopy(model)
+    reference._fit(x.double().numpy(), np.random.RandomState(0))
+
+    cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.0)
+    model.train_step(Batch(x.view(5, *SMALL_SHAPE)), 0,
+                     Updater(model.make_optimizers(lambda params: build_optimizer(params, cfg))))
+    v_model = torch.tensor([1.0, 0, 1, 1, 0, 0]).expand(5, 6)
+    assert torch.equal(model.persistent_chains, v_model)
+    np.testing.assert_allclose(model.weight.detach().numpy(), reference.components_.T, atol=1e-6)
+    np.testing.assert_allclose(model.hidden_bias.detach().numpy(), reference.intercept_hidden_, atol=1e-6)
+    np.testing.assert_allclose(model.visible_bias.detach().numpy(), reference.intercept_visible_, atol=1e-5)
+    # and both are the formula, by hand in float64
+    with torch.no_grad():
+        W, b, c = before.weight.double(), before.visible_bias.double(), before.hidden_bias.double()
+        v, v_neg = x.double(), v_model.double()
+        h, h_neg = torch.sigmoid(v @ W + c), torch.sigmoid(v_neg @ W + c)
+        by_hand = W + 0.05 / 5 * (v.t() @ h - v_neg.t() @ h_neg)
+        np.testing.assert_allclose(model.weight.detach().numpy(), by_hand.numpy(), atol=1e-6)
+        np.testing.assert_allclose(model.hidden_bias.detach().numpy(), (c + 0.05 * (h - h_neg).mean(0)).numpy(),
+                                   atol=1e-6)
+        np.testing.assert_allclose(model.visible_bias.detach().numpy(), (b + 0.05 * (v - v_neg).mean(0)).numpy(),
+                                   atol=1e-5)
+    assert (model.weight - before.weight).abs().max() > 1e-3  # the update is not negligible
+
+
+@pytest.mark.parametrize("optimizer, momentum, warns", [("sgd", 0.9, True), ("sgd", None, True),
+                                                       ("rmsprop", 0.9, True), ("sgd", 0.0, False),
+                                                       ("sgd", 0.5, False), ("adam", 0.9, False)])
+def test_high_momentum_warns_because_trainconfig_defaults_to_0_9(optimizer, momentum, warns):
+    model = make_rbm()
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05) if momentum is None else \
+        TrainConfig(optimizer=optimizer, lr=0.05, momentum=momentum)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.make_optimizers(lambda params: build_optimizer(params, cfg))
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == int(warns), messages
+    if warns:
+        assert "momentum=0.9" in messages[0] and "momentum=0 for plain SGD" in messages[0]
 
 
 # -- learning a tiny data set -----------------------------------------------------------------------

@@ -12,18 +12,19 @@ table, the rest of the report is still written, and each model's peak memory is 
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import resource
 import shlex
+import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vaelab.comparison import runner
 from vaelab.comparison.budget import BUDGETS, Budget, load_budget
+from vaelab.comparison.child import ERROR_FILE
 from vaelab.comparison.report_data import build_summary, data_row
 from vaelab.errors import VaelabError
 from vaelab.experiment import load_data
@@ -31,7 +32,6 @@ from vaelab.files import atomic_write_json, make_directory, run_lock
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.json"
-ERROR_FILE = "compare_error.txt"
 
 
 def compare(models: Sequence[str] | None = None, data: str | None = None, budget: str = "quick",
@@ -115,7 +115,7 @@ def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: st
     print(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}",
           file=sys.stderr, flush=True)
     started = time.perf_counter()
-    status, peak_kib = _in_child(lambda: _work(job, dataset), job.run_dir)
+    status, peak_kib = _in_child(job)
     error = None if status == 0 else _read_error(job.run_dir, status)
     print(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
           f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -124,44 +124,23 @@ def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: st
             "settings": " ".join(job.spec.overrides())}
 
 
-def _work(job: runner.Job, dataset) -> None:
+def _in_child(job: runner.Job) -> tuple[int, int]:
+    """Run the job in a fresh interpreter (vaelab.comparison.child): (exit status, peak resident
+    memory in KiB). Not a fork: a forked copy of a process that has run OpenMP threads can hang."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / ERROR_FILE).unlink(missing_ok=True)
-    runner.train(job)
-    runner.score(job, dataset)
-    runner.figure_tensors(job, dataset)
-
-
-def _in_child(work, run_dir: Path) -> tuple[int, int]:
-    """Run `work` in a forked child: (exit status, peak resident memory in KiB). The child writes
-    its error, one line, to run_dir/ERROR_FILE."""
+    job_file = job.run_dir / "compare_job.json"
+    atomic_write_json(job_file, {"spec": dataclasses.asdict(job.spec), "run_dir": str(job.run_dir), "data": job.data,
+                                 "data_dir": job.data_dir, "seed": job.seed, "budget": dataclasses.asdict(job.budget)})
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 0
-        try:
-            work()
-        except BaseException as error:
-            status = 1
-            _write_error(run_dir, error)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    _, wait_status, usage = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(wait_status), usage.ru_maxrss
-
-
-def _write_error(run_dir: Path, error: BaseException) -> None:
-    message = f"{type(error).__name__}: {error}" if not isinstance(error, VaelabError) else str(error)
-    if os.environ.get("VAELAB_DEBUG") == "1":
-        traceback.print_exc()
+    process = subprocess.Popen([sys.executable, "-m", "vaelab.comparison.child", str(job_file)])
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ERROR_FILE).write_text(message.splitlines()[0] if message else type(error).__name__)
-    except OSError:
-        pass
+        _, wait_status, usage = os.wait4(process.pid, 0)
+    except KeyboardInterrupt:
+        process.wait()
+        raise
+    process.returncode = os.waitstatus_to_exitcode(wait_status)
+    return process.returncode, usage.ru_maxrss
 
 
 def _read_error(run_dir: Path, status: int) -> str:
@@ -190,4 +169,4 @@ def command_line(argv: Sequence[str]) -> str:
     return "vaelab " + " ".join(shlex.quote(arg) for arg in argv)
 
 
-__all__ = ["BUDGETS", "compare", "failed", "resource", "write_report"]
+__all__ = ["BUDGETS", "compare", "failed", "write_report"]
