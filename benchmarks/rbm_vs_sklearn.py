@@ -59,6 +59,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -196,18 +197,42 @@ def score(rbm: RBM, base: torch.Tensor, test: Split, args) -> dict:
             "_negative_free_energy": negative_free_energy}
 
 
-def log_z_sweep(rbm: RBM, base: torch.Tensor, args, step_counts: list[int]) -> dict[int, dict]:
-    """log Z at each step count (the paper's schedule scaled), seconds included: how it converges."""
+# Three-segment schedules for --log-z-sweep NAME@STEPS: (beta at the end of each segment, share of
+# the steps). "paper" is Salakhutdinov & Murray's (ais_schedule); the others move steps to lower betas.
+SCHEDULES = {"paper": ((0.5, 500 / 14500), (0.9, 4000 / 14500), (1.0, 10000 / 14500)),
+             "middle": ((0.5, 500 / 14500), (0.9, 7000 / 14500), (1.0, 7000 / 14500)),
+             "early": ((0.5, 3000 / 14500), (0.9, 5500 / 14500), (1.0, 6000 / 14500)),
+             "uniform": ((1.0, 1.0),)}
+
+
+def schedule(name: str, steps: int) -> torch.Tensor:
+    """The betas of a named schedule with `steps` steps, each segment uniform."""
+    betas, start = [torch.zeros(1, dtype=torch.float64)], 0.0
+    counts = [round(steps * share) for _, share in SCHEDULES[name][:-1]]
+    counts.append(steps - sum(counts))
+    for (stop, _), count in zip(SCHEDULES[name], counts, strict=True):
+        betas.append(torch.linspace(start, stop, count + 1, dtype=torch.float64)[1:])
+        start = stop
+    return torch.cat(betas)
+
+
+def log_z_sweep(rbm: RBM, base: torch.Tensor, args, points: list[str]) -> dict[str, dict]:
+    """log Z at each sweep point, STEPS (the paper's schedule scaled, as rbm_log_partition_ais
+    does) or NAME@STEPS (a SCHEDULES entry), seconds included: how the estimate converges."""
     sweep = {}
-    for steps in step_counts:
+    for point in points:
+        name, _, steps_text = point.rpartition("@")
+        steps = int(steps_text)
+        betas = schedule(name, steps) if name else None
+        generator = torch.Generator().manual_seed(args.seed + steps + zlib.crc32(name.encode()))  # crc32("") = 0
         start = time.perf_counter()
-        log_z = rbm_log_partition_ais(rbm, base, num_runs=args.ais_runs, num_steps=steps, convergence_check=False,
-                                      generator=torch.Generator().manual_seed(args.seed + steps))
-        sweep[steps] = {"value": log_z.value, "stderr": log_z.stderr,
+        log_z = rbm_log_partition_ais(rbm, base, num_runs=args.ais_runs, num_steps=steps, betas=betas,
+                                      convergence_check=False, generator=generator)
+        sweep[point] = {"value": log_z.value, "stderr": log_z.stderr,
                         "effective_sample_size": log_z.settings["effective_sample_size"],
                         "seconds": time.perf_counter() - start}
-        print(f"    log Z at {steps} steps: {log_z.value:.3f} +- {log_z.stderr:.3f} "
-              f"(ESS {log_z.settings['effective_sample_size']:.1f}, {sweep[steps]['seconds']:.0f} s)", file=sys.stderr)
+        print(f"    log Z at {point} steps: {log_z.value:.3f} +- {log_z.stderr:.3f} "
+              f"(ESS {log_z.settings['effective_sample_size']:.1f}, {sweep[point]['seconds']:.0f} s)", file=sys.stderr)
     return sweep
 
 
@@ -251,9 +276,10 @@ def main() -> int:
                         help="NAME:KEY=VALUE,KEY=VALUE: one more vaelab run with these overrides")
     parser.add_argument("--models", default=",".join(OTHER_MODELS),
                         help=f"which of {', '.join(OTHER_MODELS)} to train besides vaelab (default all)")
-    parser.add_argument("--log-z-sweep", metavar="STEPS,STEPS,...",
-                        help="also estimate every model's log Z at each of these AIS step counts (no half-steps "
-                             "check; generator seeded with SEED + the step count)")
+    parser.add_argument("--log-z-sweep", metavar="STEPS,NAME@STEPS,...",
+                        help="also estimate every model's log Z at each of these AIS step counts, the paper's "
+                             f"schedule or a named one ({', '.join(SCHEDULES)}); no half-steps check; generator "
+                             "seeded with SEED + the step count (+ crc32 of NAME)")
     parser.add_argument("--trace", metavar="LAST:EVERY",
                         help="also score the first seed's vaelab iterate every EVERY updates over the last LAST")
     parser.add_argument("--trace-ais-steps", type=int, default=7250, help="AIS steps of the trace (default 7250)")
@@ -268,7 +294,11 @@ def main() -> int:
     unknown = set(args.models) - set(OTHER_MODELS)
     if unknown:
         raise SystemExit(f"unknown --models {', '.join(sorted(unknown))}; choose from {', '.join(OTHER_MODELS)}")
-    sweep = [int(steps) for steps in args.log_z_sweep.split(",")] if args.log_z_sweep else []
+    sweep = [point for point in args.log_z_sweep.split(",") if point] if args.log_z_sweep else []
+    for point in sweep:
+        name, _, steps = point.rpartition("@")
+        if (name and name not in SCHEDULES) or not steps.isdigit():
+            raise SystemExit(f"--log-z-sweep: {point!r} is not STEPS or NAME@STEPS with NAME in {', '.join(SCHEDULES)}")
 
     dataset = load_dataset("fashion-mnist", args.data_dir)
     rng = np.random.RandomState(args.seed)
@@ -361,7 +391,7 @@ def main() -> int:
             del entry["_negative_free_energy"]
     if sweep:
         print("\nlog Z by AIS steps (100 runs unless --ais-runs; +- the delta-method stderr; ESS):\n")
-        print("| seed | model | " + " | ".join(f"{steps} steps" for steps in sweep) + " |")
+        print("| seed | model | " + " | ".join(f"{point} steps" for point in sweep) + " |")
         print("|---" * (len(sweep) + 2) + "|")
         for seed, run in results["runs"].items():
             for name in names:
