@@ -75,7 +75,7 @@ def test_results_map_each_model_to_eval_json_metrics(compared):
     assert {"iw_bound", "decoder_ais", "parzen", "frechet_distance", "reconstruction_mse"} <= set(results["vae"])
     assert {"rbm_log_likelihood", "parzen", "reconstruction_mse"} <= set(results["rbm"])
     assert "iw_bound" not in results["gan"] and "decoder_ais" in results["gan"]
-    assert set(results["data"]) == {"parzen", "frechet_distance", "precision", "recall"}
+    assert set(results["data"]) == {"parzen", "frechet_distance", "precision", "recall", "mean_pairwise_distance"}
     # every AIS figure carries its convergence check
     for name in ("decoder_ais", "rbm_log_likelihood"):
         model = "vae" if name == "decoder_ais" else "rbm"
@@ -143,3 +143,16 @@ def test_bad_input_is_one_line(compared, capsys):
     assert main(["compare", "--budget", str(compared["budget"]), "--models", "vae,nope",
                  "--data", str(compared["data"]), "--out", str(compared["root"] / "x")]) == 2
     assert "unknown model 'nope'" in error_lines(capsys.readouterr().err)[0]
+
+
+def test_collapse_flags_name_each_model_below_the_ratio_of_the_data_rows_spread():
+    from vaelab.comparison.report_data import COLLAPSE_RATIO, collapse_flags, report_flags
+
+    def spread(value):
+        return {"mean_pairwise_distance": {"value": value, "stderr": 0.1, "settings": {}}}
+
+    results = {"data": spread(10.0), "blurry": spread(7.9), "fine": spread(10.0 * COLLAPSE_RATIO), "rbm": {}}
+    flags = collapse_flags(results)
+    assert len(flags) == 1 and "blurry" in flags[0] and "0.79 of the data's 10.00" in flags[0]
+    assert report_flags(results) == flags  # nothing else to flag here
+    assert collapse_flags({"blurry": spread(1.0)}) == []  # no data row: nothing to compare with

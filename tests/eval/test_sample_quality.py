@@ -1,5 +1,6 @@
 """Frechet distance, precision/recall and class consistency against closed forms and hand counts."""
 
+import itertools
 import math
 import sys
 import types
@@ -19,6 +20,7 @@ from vaelab.eval.sample_quality import (
     gaussian_frechet_distance,
     inception_fid,
     knn_radii,
+    mean_pairwise_distance,
     precision_recall,
     sample_quality,
 )
@@ -304,8 +306,9 @@ def test_a_memorising_model_scores_perfectly():
     dataset = brightness_dataset()
     model = ReplayModel(dataset.test.images)  # num_samples == len(test): the whole split, in order
     results = sample_quality(model, dataset, "test", BrightnessClassifier(), num_samples=30, batch_size=7, bootstrap=5)
-    assert set(results) == {"frechet_distance", "precision", "recall"}
+    assert set(results) == {"frechet_distance", "precision", "recall", "mean_pairwise_distance"}
     assert results["frechet_distance"].value == pytest.approx(0.0, abs=1e-9)
+    assert results["mean_pairwise_distance"].value == pytest.approx(mean_pairwise_distance(dataset.test.images).value)
     assert results["precision"].value == 1.0 and results["recall"].value == 1.0
     settings = results["precision"].settings
     assert settings["num_samples"] == 30 and settings["batch_size"] == 7 and settings["split"] == "test"
@@ -387,3 +390,37 @@ def test_inception_fid_needs_local_weights(monkeypatch, tmp_path):
     estimate = inception_fid(a, b, batch_size=6, bootstrap=0)
     to_features = lambda x: ((x * 255).round().mean(dim=(2, 3))).expand(-1, 3).double()
     assert estimate.value == pytest.approx(frechet_distance(to_features(a), to_features(b)), abs=1e-9)
+
+
+# -- mean pairwise distance (the collapse check) --------------------------------------------------
+
+
+def test_mean_pairwise_distance_of_three_points_is_the_hand_computed_mean_and_hoeffding_stderr():
+    images = torch.tensor([[0.0], [3.0], [4.0]]).view(3, 1, 1, 1)  # pairs at distances 3, 4, 1
+    result = mean_pairwise_distance(images)
+    assert result.value == pytest.approx(8 / 3)
+    row_means = torch.tensor([7 / 2, 4 / 2, 5 / 2], dtype=torch.float64)  # each point's mean distance to the others
+    assert result.stderr == pytest.approx(math.sqrt(4 * row_means.var().item() / 3))
+    assert result.settings == {"num_images": 3, "space": "pixels, flattened"}
+
+
+def test_mean_pairwise_distance_equals_the_mean_over_all_pairs_for_any_chunking():
+    images = torch.rand(23, 1, 3, 4, generator=torch.Generator().manual_seed(1))
+    flat = images.flatten(start_dim=1).double()
+    pairs = [(flat[i] - flat[j]).norm().item() for i, j in itertools.combinations(range(23), 2)]
+    for max_elements in (1, 50, 10**6):
+        assert mean_pairwise_distance(images, max_elements=max_elements).value == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_mean_pairwise_distance_stderr_matches_the_spread_over_repeated_draws():
+    generator = torch.Generator().manual_seed(2)
+    estimates = [mean_pairwise_distance(torch.randn(60, 5, generator=generator)) for _ in range(400)]
+    spread = torch.tensor([e.value for e in estimates]).std().item()
+    mean_stderr = sum(e.stderr for e in estimates) / len(estimates)
+    assert mean_stderr == pytest.approx(spread, rel=0.2)
+
+
+def test_mean_pairwise_distance_of_one_repeated_image_is_zero_and_needs_three_images():
+    assert mean_pairwise_distance(torch.ones(5, 1, 2, 2)).value == 0.0
+    with pytest.raises(VaelabError, match="at least 3 images"):
+        mean_pairwise_distance(torch.ones(2, 1, 2, 2))

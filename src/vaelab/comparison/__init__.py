@@ -69,13 +69,13 @@ def failed(out: str | os.PathLike[str]) -> list[str]:
 
 def write_report(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(Re)write DIR/report.html and DIR/report.md from the saved results, summary and runs."""
-    from vaelab.comparison.report_data import convergence_flags, draw_figures, read_json
+    from vaelab.comparison.report_data import draw_figures, read_json, report_flags
     from vaelab.report import write_report as render
 
     out = Path(out)
     summary, results = read_json(out / SUMMARY_FILE), read_json(out / RESULTS_FILE)
     summary["figures"] = draw_figures(out, summary)
-    summary["flags"] = convergence_flags(results)
+    summary["flags"] = report_flags(results)
     atomic_write_json(out / SUMMARY_FILE, summary)
     return render(out, summary, results)
 

@@ -23,6 +23,8 @@ FIGURES_DIR = "figures"
 BINARIZED = "binarized test images"
 CONTINUOUS = "continuous test images"
 GAUSSIAN = "continuous, Gaussian obs."
+# Samples whose mean pairwise distance is below this fraction of the data's are flagged as collapsed.
+COLLAPSE_RATIO = 0.8
 
 # (result key, column label, protocol tag, number format, higher is better)
 COLUMNS = [
@@ -36,6 +38,7 @@ COLUMNS = [
     ("precision", "precision", "classifier features", ".3f", True),
     ("recall", "recall", "classifier features", ".3f", True),
     ("class_consistency", "class consistency", "classifier", ".3f", True),
+    ("mean_pairwise_distance", "mean pairwise L2 of samples", "pixels", ".2f", None),
     ("parameters", "parameters", "", ",d", None),
     ("train_seconds", "training s", "", ".0f", None),
     ("samples_per_second", "samples / s", "", ",.0f", None),
@@ -69,6 +72,8 @@ def protocol(plan: Budget) -> list[str]:
         f"The Parzen window ({b.num_samples:,} samples, sigma chosen on validation images), the reconstruction "
         f"error and the feature-space metrics (a classifier trained on this data set's training split) use the "
         f"continuous test images for every model.",
+        f"The mean pairwise L2 distance of the same samples, in pixels, is the collapse check: a model is "
+        f"flagged when it is below {COLLAPSE_RATIO} of the data row's.",
         "The data row scores training images as if they were a model's samples: each sample metric's floor.",
     ]
 
@@ -82,8 +87,29 @@ def build_summary(plan: Budget, statuses: dict[str, dict[str, Any]], results: di
             "data": {"name": dataset.name, "source": dataset.source, "image_shape": list(dataset.image_shape),
                      "train": len(dataset.train), "test": len(dataset.test)},
             "budget": plan.name, "seed": seed, "command": command, "protocol": protocol(plan),
-            "models": statuses, "columns": columns, "flags": convergence_flags(results), "figures": [],
+            "models": statuses, "columns": columns, "flags": report_flags(results), "figures": [],
             "notes": notes(statuses)}
+
+
+def report_flags(results: dict[str, Any]) -> list[str]:
+    """Every warning the numbers themselves raise: unconverged AIS figures, collapsed samples."""
+    return convergence_flags(results) + collapse_flags(results)
+
+
+def collapse_flags(results: dict[str, Any]) -> list[str]:
+    """A line for every model whose samples are less spread out than COLLAPSE_RATIO of the data
+    row's images (the training images standing in for samples), in pixel space."""
+    reference = results.get("data", {}).get("mean_pairwise_distance", {}).get("value")
+    if not reference:
+        return []
+    flags = []
+    for model, metrics in results.items():
+        value = metrics.get("mean_pairwise_distance", {}).get("value")
+        if model != "data" and value is not None and value < COLLAPSE_RATIO * reference:
+            flags.append(f"the samples of {model} are close together: mean pairwise L2 {value:.2f}, "
+                         f"{value / reference:.2f} of the data's {reference:.2f} (below {COLLAPSE_RATIO}): "
+                         "few distinct images, or blurred towards a mean one")
+    return flags
 
 
 def convergence_flags(results: dict[str, Any]) -> list[str]:

@@ -20,6 +20,9 @@ its Inception weights are available.
   points inside the generated manifold.
 - Class consistency: the fraction of a conditional model's samples that the classifier puts in
   the requested class.
+- Mean pairwise distance: the mean L2 distance between two of the samples, in pixel space (the
+  collapse check: a model whose samples are a few images, or one mean image, has a much smaller one
+  than the data).
 """
 
 from __future__ import annotations
@@ -191,6 +194,27 @@ def precision_recall(generated_features: Tensor | np.ndarray, real_features: Ten
     return {"precision": _binomial(in_real_manifold, settings), "recall": _binomial(in_generated_manifold, settings)}
 
 
+# -- diversity ------------------------------------------------------------------------------------
+
+
+def mean_pairwise_distance(images: Tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Estimate:
+    """The mean L2 distance over all n(n-1)/2 pairs of images (N, ...) flattened, with its stderr.
+
+    The mean is a U-statistic of order 2; its variance is 4 zeta_1 / n to leading order (Hoeffding
+    1948), zeta_1 = Var_i(E_j[d(x_i, x_j)]), estimated from the row means of the distance matrix.
+    Distances in float64, computed in row chunks of at most `max_elements` pairs."""
+    flat = images.flatten(start_dim=1).to(torch.float64)  # (N, P)
+    n = len(flat)
+    if n < 3:
+        raise VaelabError(f"the mean pairwise distance needs at least 3 images, got {n}")
+    row_sums = torch.cat([torch.cdist(flat[start:start + rows], flat).sum(dim=1)
+                          for rows in [_chunk_rows(n, max_elements)] for start in range(0, n, rows)])  # (N,)
+    mean = row_sums.sum().item() / (n * (n - 1))  # the diagonal is zero
+    row_means = row_sums / (n - 1)  # (N,) E_j[d(x_i, x_j)] for each i
+    stderr = math.sqrt(4.0 * row_means.var().item() / n)
+    return Estimate(mean, stderr, {"num_images": n, "space": "pixels, flattened"})
+
+
 # -- class consistency ---------------------------------------------------------------------------
 
 
@@ -231,8 +255,9 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     model.sample(b, generator=...) in batches of `batch_size` from a generator seeded with `seed` on
     the model's device (the bootstrap uses derive_seed(seed, 2)); a conditional model draws the
     classes 0, 1, ..., K-1, 0, 1, ... (equal counts up to one) via sample(b, label=...). Returns
-    {"frechet_distance", "precision", "recall"} and "class_consistency" for a conditional model;
-    stderrs as in frechet_estimate (bootstrap), precision_recall and class_consistency (binomial).
+    {"frechet_distance", "precision", "recall", "mean_pairwise_distance"} (the last of the samples'
+    pixels, not features) and "class_consistency" for a conditional model; stderrs as in
+    frechet_estimate (bootstrap), precision_recall, mean_pairwise_distance and class_consistency.
     """
     if classifier is None:
         from vaelab.eval.classifier import load_or_train_classifier  # trains on first use
@@ -267,6 +292,7 @@ def sample_quality(model, dataset: ImageDataset, split: Split | str = "test", cl
     results = {"frechet_distance": frechet_estimate(model_features, reference_features, bootstrap=bootstrap,
                                                     seed=derive_seed(seed, 2))}
     results.update(precision_recall(model_features, reference_features, k=k))
+    results["mean_pairwise_distance"] = mean_pairwise_distance(images)
     if conditional:
         results["class_consistency"] = _binomial(hits, {"num_classes": model.num_classes})
     for estimate in results.values():
