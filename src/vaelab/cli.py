@@ -1,4 +1,4 @@
-"""The `vaelab` command line (see CLI.md): train, sample, reconstruct, eval, data.
+"""The `vaelab` command line (see CLI.md): train, sample, reconstruct, eval, export, data.
 
 Each subcommand is a handler and a function that adds its arguments, registered in COMMANDS.
 Bad usage or bad input ends with one line `vaelab: error: ...` and exit status 2; a failure while
@@ -289,6 +289,29 @@ def cmd_graph(args) -> int:
     return EXIT_OK
 
 
+# -- export --------------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    """The decoder as a standalone ONNX or TorchScript file (vaelab.export, docs/export.md).
+    --decoder-only is the default and, for now, the only part exported: the flag says it explicitly."""
+    from vaelab.export import export_decoder
+
+    exported = export_decoder(args.run_dir, args.format, args.out, checkpoint=args.checkpoint)
+    print(f"wrote the decoder, {exported.signature}, as {args.format} to {exported.path}")
+    return EXIT_OK
+
+
+def _add_export_parser(commands) -> None:
+    from vaelab.export import FORMATS
+
+    export = commands.add_parser("export", help="write a model's decoder as an ONNX or TorchScript file")
+    _add_run_arguments(export)
+    export.add_argument("--format", choices=list(FORMATS), default="onnx", help="default: onnx")
+    export.add_argument("--decoder-only", action="store_true",
+                        help="export the decoder z -> images (the default, and for now the only part exported)")
+    export.add_argument("--out", help="FILE (default RUN_DIR/decoder.onnx or RUN_DIR/decoder.pt)")
+
+
 # -- data ----------------------------------------------------------------------------------------
 
 def cmd_data(args) -> int:
@@ -454,6 +477,7 @@ COMMANDS = {
     "graph": (cmd_graph, _add_graph_parser),
     "compare": (cmd_compare, _add_compare_parser),
     "report": (cmd_report, _add_report_parser),
+    "export": (cmd_export, _add_export_parser),
     "data": (cmd_data, _add_data_parser),
 }
 

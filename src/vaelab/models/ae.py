@@ -231,6 +231,11 @@ class AE(GenerativeModel):
         return MixtureSameFamily(Categorical(probs=self.density_weights),
                                  MultivariateNormal(self.density_means, scale_tril=self.density_scale_tril))
 
+    def mixture_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """GaussianMixturePrior: the fitted density's weights (K,), means (K, D) and Cholesky factors (K, D, D)."""
+        self._require_density()
+        return self.density_weights, self.density_means, self.density_scale_tril
+
     def log_prior(self, h: Tensor) -> Tensor:
         """log p(h) under the fitted density, differentiable in h: (..., D) -> (...)."""
         return self.latent_distribution().log_prob(h)

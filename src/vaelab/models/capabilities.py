@@ -13,6 +13,7 @@ whose capabilities it implements, with no change under eval/.
 | Reconstructor       | an encode-decode (or up-down) pass                      | reconstruction              |
 | BinaryRBM           | a binary RBM's energy parameters and free energy        | rbm_ais                     |
 | MarkovChainSampler  | consecutive states of its sampling chain                | `vaelab sample --chain`     |
+| GaussianMixturePrior| a LatentDecoder's prior as mixture parameters           | `vaelab export` (metadata)  |
 
 Every method that takes images takes the class label as `label=` ((B,) int64, or None for an
 unconditional model), and every draw comes from the `generator` it is given.
@@ -105,12 +106,22 @@ class MarkovChainSampler(Protocol):
         """Consecutive chain states: (steps, num_chains, C, H, W) in [0, 1]."""
 
 
+@runtime_checkable
+class GaussianMixturePrior(Protocol):
+    """A LatentDecoder whose prior p(z) = sum_k w_k N(z; mu_k, L_k L_k^T) is a fitted mixture (the AE's
+    latent density): its numbers, so that an exported decoder says how to draw z without vaelab."""
+
+    def mixture_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights w (K,), means mu (K, D), Cholesky factors L of the covariances (K, D, D))."""
+
+
 WHAT_IT_LACKS: dict[type, str] = {
     VariationalPosterior: "variational posterior q(z|x) (a Gaussian encoder with the ELBO's terms)",
     LatentDecoder: "latent decoder (a prior p(z) to sample and score, and a decoder for p(x|z))",
     Reconstructor: "reconstruction pass (reconstruct(x))",
     BinaryRBM: "binary RBM energy (weight, visible_bias, hidden_bias, free_energy)",
     MarkovChainSampler: "Markov chain to sample with (sample_chain)",
+    GaussianMixturePrior: "Gaussian mixture prior (mixture_parameters)",
 }
 
 
