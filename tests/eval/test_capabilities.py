@@ -93,7 +93,7 @@ def test_decoder_ais_scores_an_unknown_decoder_model_exactly(context):
 def test_sample_metrics_score_an_unknown_model(context, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_CACHE", str(tmp_path))  # the feature classifier is trained and cached there
     results = evaluate(context, ["parzen", "sample_quality"])
-    assert set(results) == {"parzen", "frechet_distance", "precision", "recall"}
+    assert set(results) == {"parzen", "frechet_distance", "precision", "recall", "mean_pairwise_distance"}
     assert math.isfinite(results["parzen"].value) and results["parzen"].settings["num_samples"] == 200
     # the test images are draws of this very model: its samples cover them and lie among them
     assert results["precision"].value > 0.8 and results["recall"].value > 0.8

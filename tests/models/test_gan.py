@@ -279,6 +279,8 @@ def test_validation_loss_is_finite_and_changes_nothing(architecture):
     ({"architecture": "dcgan", "channels": (4, 8, 16)}, "channels"),  # 6 -> 3 -> 1 -> nothing
     ({"architecture": "wgan"}, "architecture"),
     ({"g_activation": "swish"}, "swish"),
+    ({"generator_average_decay": 1.0}, "generator_average_decay"),
+    ({"generator_average_decay": -0.1}, "generator_average_decay"),
 ])
 def test_bad_configs_raise_config_errors(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -387,3 +389,42 @@ def test_a_tiny_gan_learns_both_of_two_patterns():
     assert (distance < 1.0).float().mean() > 0.85  # within RMS 0.25 a pixel of a pattern
     share = (which == 0).float().mean().item()
     assert 0.3 < share < 0.7, share
+
+
+# -- the averaged generator ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_generator_average_is_the_exponential_moving_average_of_gs_weights(architecture):
+    decay = 0.9
+    model = make_gan(architecture, generator_average_decay=decay)
+    _, g_opt = adam_pair(model)
+    expected = {name: p.detach().clone() for name, p in model.generator.named_parameters()}  # starts at G's init
+    for _ in range(3):
+        model.generator_step(BATCH, Updater([None, g_opt]))
+        for name, p in model.generator.named_parameters():
+            expected[name] = decay * expected[name] + (1 - decay) * p.detach()
+    averaged = model.averaged_generator_weights()
+    assert set(averaged) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(averaged[name], expected[name], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(averaged[name], dict(model.generator.named_parameters())[name])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_samples_and_decodes_use_the_averaged_weights_and_no_decay_uses_g_itself(architecture):
+    model = make_gan(architecture, generator_average_decay=0.5)
+    _, g_opt = adam_pair(model)
+    model.generator_step(BATCH, Updater([None, g_opt]))
+    z = torch.randn(4, LATENT_DIM, generator=torch.Generator().manual_seed(3))
+    reference = copy.deepcopy(model.generator).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.copy_(model.averaged_generator_weights()[name])
+        expected_logits = reference(z)
+    torch.testing.assert_close(model.decode(z), expected_logits)
+    samples = model.sample(4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(samples, torch.sigmoid(expected_logits).clamp(0, 1))
+    plain = make_gan(architecture)  # decay 0: the last iterate, and no buffer
+    assert "generator_average" not in dict(plain.named_buffers())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.decode(z), plain.generator.eval()(z))

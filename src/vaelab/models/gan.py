@@ -39,6 +39,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
 
 from vaelab.data.loader import Batch
 from vaelab.errors import ConfigError
@@ -61,6 +63,10 @@ class GANConfig:
     leaky_slope: float = 0.2  # negative slope of the discriminator's LeakyReLUs (DCGAN: 0.2)
     betas: tuple[float, ...] = (0.5, 0.999)  # Adam/AdamW (beta1, beta2) for both players (DCGAN: beta1 = 0.5)
     d_steps: int = 1  # k of Algorithm 1: discriminator updates per generator update
+    # > 0: sample and decode with an exponential moving average of G's weights, updated after every
+    # generator step with this decay (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in
+    # GAN Training"); 0: the last iterate, as in Algorithm 1
+    generator_average_decay: float = 0.0
 
 
 # -- networks ------------------------------------------------------------------------------------
@@ -179,6 +185,7 @@ class GAN(GenerativeModel, StandardNormalPrior):
         config = self.config
         self._check_config(config)
         self.generator: nn.Module  # G: z (B, D) -> logits (B, C, H, W)
+        self.generator_average: Tensor  # (P,) G's averaged weights, when generator_average_decay > 0
         self.discriminator: nn.Module  # D: x (B, C, H, W) -> logit (B,)
         if config.architecture == "mlp":
             # MLPDecoder lists its widths from the image side, so the generator's order is reversed
@@ -190,6 +197,9 @@ class GAN(GenerativeModel, StandardNormalPrior):
             self.generator = DCGANGenerator(config.latent_dim, self.image_shape, config.channels)
             self.discriminator = DCGANDiscriminator(self.image_shape, config.channels, config.leaky_slope)
             self.apply(dcgan_init)
+        if config.generator_average_decay > 0:  # G's weights averaged over the steps, as one flat buffer
+            initial = parameters_to_vector(self.generator.parameters()).detach().clone()  # (P,)
+            self.register_buffer("generator_average", initial)
 
     @staticmethod
     def _check_config(config: GANConfig) -> None:
@@ -199,6 +209,8 @@ class GAN(GenerativeModel, StandardNormalPrior):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {list(config.betas)}")
         if not 0.0 <= config.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
+        if not 0.0 <= config.generator_average_decay < 1.0:
+            raise ConfigError(f"generator_average_decay must be in [0, 1), got {config.generator_average_decay}")
         if config.architecture == "mlp" and (not config.g_hidden or not config.d_hidden):
             raise ConfigError("g_hidden and d_hidden must list at least one layer width for an mlp GAN")
         if config.architecture == "dcgan" and not config.channels:
@@ -211,12 +223,32 @@ class GAN(GenerativeModel, StandardNormalPrior):
         """G's logits: z (..., D) -> (..., C, H, W), with G in eval mode (BatchNorm running statistics)."""
         self.check_label(label)
         with eval_mode(self.generator):
-            logits = self.generator(z.reshape(-1, z.shape[-1]))
+            logits = self.generator_logits(z.reshape(-1, z.shape[-1]), averaged=True)
         return logits.view(*z.shape[:-1], *logits.shape[1:])
 
-    def generate(self, z: Tensor) -> Tensor:
-        """G(z): z (B, D) -> images (B, C, H, W) in [0, 1] (a sigmoid output, since the data lives there)."""
-        return torch.sigmoid(self.generator(z))
+    def generate(self, z: Tensor, averaged: bool = False) -> Tensor:
+        """G(z): z (B, D) -> images (B, C, H, W) in [0, 1] (a sigmoid output, since the data lives
+        there); averaged=True uses the averaged weights when there are any."""
+        return torch.sigmoid(self.generator_logits(z, averaged))
+
+    def generator_logits(self, z: Tensor, averaged: bool = False) -> Tensor:
+        """G's logits (B, C, H, W) for z (B, D): with G's own weights (training), or with their
+        average (averaged=True and generator_average_decay > 0: what samples and decodes use)."""
+        if averaged and self.config.generator_average_decay > 0:
+            return functional_call(self.generator, self.averaged_generator_weights(), (z,))
+        return self.generator(z)
+
+    def averaged_generator_weights(self) -> dict[str, Tensor]:
+        """The generator_average buffer cut into G's parameters by name (views, no copy)."""
+        names, shapes = zip(*[(name, p.shape) for name, p in self.generator.named_parameters()], strict=True)
+        pieces = torch.split(self.generator_average, [math.prod(shape) for shape in shapes])
+        return {name: piece.view(shape) for name, piece, shape in zip(names, pieces, shapes, strict=True)}
+
+    @torch.no_grad()
+    def _update_generator_average(self) -> None:
+        """average <- decay * average + (1 - decay) * G's weights, after a generator step."""
+        current = parameters_to_vector(self.generator.parameters())
+        self.generator_average.lerp_(current, 1.0 - self.config.generator_average_decay)
 
     def discriminate(self, x: Tensor) -> Tensor:
         """D(x) as a logit: x (B, C, H, W) -> (B,); sigmoid(logit) is the probability that x is real."""
@@ -299,6 +331,8 @@ class GAN(GenerativeModel, StandardNormalPrior):
         with frozen(self.discriminator), updater.autocast():
             g_loss = self.generator_loss(self.discriminate(self.generate(self.sample_prior(num_samples))))
         updater.minimize(g_loss, optimizer_index=1, name="g_loss")
+        if self.config.generator_average_decay > 0:
+            self._update_generator_average()
         return g_loss.detach()
 
     # -- the training graph ---------------------------------------------------------------------
@@ -322,8 +356,9 @@ class GAN(GenerativeModel, StandardNormalPrior):
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
         """G(z) for z ~ N(0, I) drawn from `generator`, with G in eval mode (BatchNorm running
-        statistics), whatever mode the model is in: (num_samples, C, H, W) in [0, 1]."""
+        statistics) and its averaged weights if it keeps them, whatever mode the model is in:
+        (num_samples, C, H, W) in [0, 1]."""
         self.check_label(kwargs.get("label"))
         z = self.sample_prior(num_samples, generator)
         with eval_mode(self.generator):
-            return self.generate(z).float().clamp(0.0, 1.0)
+            return self.generate(z, averaged=True).float().clamp(0.0, 1.0)
