@@ -81,25 +81,31 @@ def _run_config(args, run_dir: Path):
 def cmd_train(args) -> int:
     """Everything that can be refused (the config, the data, the model) is checked before the run
     directory is locked and written to."""
+    from vaelab.distributed import join_world
     from vaelab.experiment import data_identity, load_data, training_splits
     from vaelab.files import run_lock
     from vaelab.resume import check_data_identity
+    from vaelab.trainer import resolve_device
 
     run_dir = Path(args.out or f"runs/{args.model}")
     run_config, resume = _run_config(args, run_dir)
+    world = join_world(resolve_device(run_config.train.device).type)  # torchrun: one process of several
     dataset = load_data(run_config.data)
     identity = data_identity(dataset)
     if resume:
         check_data_identity(run_config.data_identity, identity, dataset.source or dataset.name)
     run_config.image_shape, run_config.num_classes = dataset.image_shape, dataset.num_classes
     run_config.class_names, run_config.data_identity = dataset.class_names, identity
-    trainer = _trainer(run_config, run_dir, dataset, training_splits(dataset, run_config.data))
+    trainer = _trainer(run_config, run_dir, dataset, training_splits(dataset, run_config.data), world)
     if resume:
         trainer.restore_checkpoint()
         if trainer.finished:  # said before the lock is taken: a finished run is not touched at all
-            print(f"{run_dir} already finished at step {trainer.progress.step}; nothing to do "
-                  "(raise --epochs or --max-steps to train it further)", file=sys.stderr)
+            if world.is_main:
+                print(f"{run_dir} already finished at step {trainer.progress.step}; nothing to do "
+                      "(raise --epochs or --max-steps to train it further)", file=sys.stderr)
             return EXIT_OK
+    if not world.is_main:  # the main process holds the lock and writes; the others only compute
+        return _train(args, trainer, dataset, resume)
     with run_lock(run_dir):
         return _train(args, trainer, dataset, resume)
 
@@ -107,20 +113,21 @@ def cmd_train(args) -> int:
 def _train(args, trainer, dataset, resume: bool) -> int:
     from vaelab.checkpoint import clear_run
 
-    run_dir = trainer.run_dir
+    run_dir, main = trainer.run_dir, trainer.world.is_main
     if resume:
         trainer.restore_checkpoint()  # again, under the lock: the checkpoint as it is now
-    else:
+    elif main:
         clear_run(run_dir)  # --overwrite, or what a run killed before its first checkpoint left
-    _announce(args.model, dataset, trainer, run_dir)
+    if main:
+        _announce(args.model, dataset, trainer, run_dir)
     metrics = trainer.fit(resume=resume)
-    if metrics:
+    if metrics and main:
         print(f"done: step {metrics['step']}, val loss {metrics['val_loss']:.4f}; weights in {run_dir}",
               file=sys.stderr)
     return EXIT_OK
 
 
-def _trainer(run_config, run_dir: Path, dataset, splits):
+def _trainer(run_config, run_dir: Path, dataset, splits, world):
     import torch
 
     from vaelab.checkpoint import build_model
@@ -130,7 +137,7 @@ def _trainer(run_config, run_dir: Path, dataset, splits):
         torch.manual_seed(run_config.train.seed)  # the initial weights follow --seed too
         model = build_model(run_config)
     train_split, val_split = splits
-    return Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels)
+    return Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels, world=world)
 
 
 def _announce(model_name: str, dataset, trainer, run_dir: Path) -> None:
@@ -228,6 +235,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_eval(args) -> int:
     from vaelab.checkpoint import load_run_config
+    from vaelab.distributed import join_world
     from vaelab.eval.metrics import EvalContext, EvalOptions, check_metrics, evaluate
     from vaelab.experiment import load_data
     from vaelab.files import atomic_write_json
@@ -248,10 +256,13 @@ def cmd_eval(args) -> int:
     options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit,
                           num_samples=args.samples, ais_runs=args.ais_runs, ais_steps=args.ais_steps,
                           sigma=args.sigma)
+    world = join_world(model.device.type)  # torchrun: L_k and AIS share the images out; one process writes
     ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
     results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
     for result in results.values():
         result["settings"].update(split=args.split, checkpoint=args.checkpoint)
+    if not world.is_main:
+        return EXIT_OK
     _print_table(results, args)
     if args.json:
         atomic_write_json(Path(args.json), results)

@@ -81,6 +81,23 @@ class Updater:
         self.grad_clip = grad_clip
         self.precision = precision
         self.device_type = device_type
+        self.replicated: torch.nn.Module | None = None  # DistributedDataParallel over the model's loss
+
+    def replicate(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Route `loss` through DistributedDataParallel (the process group must be initialized), so
+        that every backward averages the gradients over the processes. Buffers are synced once, at
+        construction, not before every forward: an RBM's persistent chains are each process's own."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [device] if device.type == "cuda" else None
+        self.replicated = DistributedDataParallel(_LossOf(model), device_ids=device_ids,
+                                                  forward_sync_buffers=False)
+
+    def loss(self, model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        """model.loss(batch, step=step), through DistributedDataParallel once `replicate` was called."""
+        if self.replicated is not None:
+            return self.replicated(batch, step=step)
+        return model.loss(batch, step=step)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the model's device type under precision=bf16, else nothing."""
@@ -93,7 +110,7 @@ class Updater:
         """One descent step of optimizers[optimizer_index] on the scalar `objective` (called `name`;
         `terms` are the loss terms it was computed from, to name the one that is not finite)."""
         optimizer = self.optimizers[optimizer_index]
-        if not torch.isfinite(objective.detach()):
+        if not self._finite_everywhere(objective):
             raise _non_finite(terms or {}, name, objective)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
@@ -106,6 +123,30 @@ class Updater:
             optimizer.zero_grad(set_to_none=True)
             raise NonFiniteStep(f"gradient of {name}", float(norm))
         optimizer.step()
+
+
+    def _finite_everywhere(self, objective: torch.Tensor) -> bool:
+        """The objective is finite in this process and, when distributed, in every other one: all
+        skip the step together (a process that alone skipped backward would hang the others)."""
+        finite = torch.isfinite(objective.detach())
+        if self.replicated is not None:
+            import torch.distributed as dist
+
+            flag = finite.to(torch.float32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.squeeze(0) > 0
+        return bool(finite)
+
+
+class _LossOf(torch.nn.Module):
+    """A model whose forward is its training loss, the shape DistributedDataParallel wraps."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch, step=step)
 
 
 def _non_finite(terms: dict[str, torch.Tensor], name: str, objective: torch.Tensor) -> NonFiniteStep:

@@ -38,9 +38,10 @@ from vaelab.checkpoint import (
 )
 from vaelab.config import RunConfig
 from vaelab.data.datasets import Split
-from vaelab.data.loader import BatchIterator
+from vaelab.data.loader import BatchIterator, derive_seed
 from vaelab.data.pixels import batch_transform
-from vaelab.errors import TrainingError, VaelabError
+from vaelab.distributed import SINGLE, World, barrier, check_batch_size, gather_rows, sum_over_processes
+from vaelab.errors import ConfigError, TrainingError, VaelabError
 from vaelab.experiment import deterministic_view
 from vaelab.files import make_directory
 from vaelab.models.base import GenerativeModel
@@ -51,6 +52,14 @@ if TYPE_CHECKING:  # imported in _open_tensorboard, only when TensorBoard loggin
 
 VALIDATION_SEED = 12345  # validation noise is drawn from its own fixed stream, never the training one
 TENSORBOARD_EVERY = 50  # steps between TensorBoard training scalars
+
+
+def process_device(device: torch.device, world: World) -> torch.device:
+    """Under torchrun, each process on a GPU machine takes the GPU of its local rank."""
+    if device.type == "cuda" and world.distributed:
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,11 +90,13 @@ class Progress:
 
 class Trainer:
     def __init__(self, model: GenerativeModel, run_config: RunConfig, run_dir: str | Path,
-                 train_split: Split, val_split: Split, levels: int | None, progress_bar: bool | None = None):
+                 train_split: Split, val_split: Split, levels: int | None, progress_bar: bool | None = None,
+                 world: World = SINGLE):
         self.cfg = run_config.train
         self.run_config = run_config
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(self.cfg.device)
+        self.world = world
+        self.device = process_device(resolve_device(self.cfg.device), world)
         self.model = model.to(self.device)
         self.train_split, self.val_split = train_split, val_split
         self.levels = levels
@@ -98,14 +109,27 @@ class Trainer:
         self.schedulers = [build_scheduler(opt, self.cfg, self.steps_per_epoch, total_steps)
                            for opt in self.optimizers]
         self.updater = Updater(self.optimizers, self.cfg.grad_clip, self.cfg.precision, self.device.type)
+        if world.distributed:
+            self._replicate()
         self.progress = Progress()
         self.restored = False
-        self.show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.show_bar = world.is_main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
         self.writer: SummaryWriter | None = None
+
+    def _replicate(self) -> None:
+        """DistributedDataParallel over the model's loss: models with their own train_step (the
+        GAN's two players) would step without averaging their gradients, so they are refused."""
+        check_batch_size(self.cfg.batch_size, self.world)
+        if type(self.model).train_step is not GenerativeModel.train_step:
+            raise ConfigError(f"distributed training of {type(self.model).__name__} is not supported: its "
+                              "train_step makes its own updates (train it in one process)")
+        self.updater.replicate(self.model, self.device)
 
     # -- state ------------------------------------------------------------------------------
 
     def _state(self) -> dict:
+        """The checkpoint's contents; when distributed, a collective call (every process's RNG
+        state is gathered, one row per rank, so a resumed run continues every process's stream)."""
         state: dict[str, Any] = {"model": self.model.state_dict(),
                                  "optimizers": [opt.state_dict() for opt in self.optimizers],
                                  "schedulers": [sch.state_dict() for sch in self.schedulers],
@@ -113,10 +137,14 @@ class Trainer:
                                  "progress": self.progress.__dict__.copy()}
         if self.device.type == "cuda":
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world.distributed:
+            state["rng"]["torch_ranks"] = gather_rows(torch.get_rng_state()[None], self.world)  # (W, S)
         return state
 
     def save_checkpoint(self) -> None:
-        save_training_state(self.run_dir, self._state())
+        state = self._state()
+        if self.world.is_main:
+            save_training_state(self.run_dir, state)
 
     def restore_checkpoint(self) -> None:
         """Continue from the run directory's checkpoint (the previous one if the last is damaged)."""
@@ -126,11 +154,22 @@ class Trainer:
             opt.load_state_dict(opt_state)
         for sch, sch_state in zip(self.schedulers, state["schedulers"], strict=False):
             sch.load_state_dict(sch_state)
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self._restore_rng(state["rng"])
         self.progress = Progress(**state["progress"])
         self.restored = True
+
+    def _restore_rng(self, rng: dict[str, torch.Tensor]) -> None:
+        """This process's RNG stream as saved; a checkpoint from a different number of processes
+        gives rank r > 0 a fresh stream seeded by (seed, r, step)."""
+        per_rank = rng.get("torch_ranks")
+        if per_rank is not None and len(per_rank) == self.world.size:
+            torch.set_rng_state(per_rank[self.world.rank].clone())
+        elif self.world.rank == 0:
+            torch.set_rng_state(rng["torch"])
+        else:
+            torch.manual_seed(derive_seed(self.cfg.seed, self.world.rank, self.progress.step))
+        if "cuda" in rng and self.device.type == "cuda" and self.world.rank == 0:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -148,20 +187,27 @@ class Trainer:
         """Train until `epochs`, `max_steps` or early stopping, then write the final weights; returns
         the last metrics line. resume=True continues from the checkpoint (restore_checkpoint, if
         the caller has not already); a finished run with no budget left is left untouched."""
-        make_directory(self.run_dir)
+        main = self.world.is_main
+        if main:
+            make_directory(self.run_dir)
         if resume and not self.restored:
             self.restore_checkpoint()
         if not resume:
-            torch.manual_seed(self.cfg.seed)
-            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            # each process its own noise stream; rank 0's is that of a one-process run
+            torch.manual_seed(self.cfg.seed if main else derive_seed(self.cfg.seed, self.world.rank))
+            if main:
+                (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if self.finished:
             return {}
-        _truncate_metrics(self.run_dir / METRICS_FILE, completed_epochs=self.progress.epoch)
-        # From here on the run is not finished: model.safetensors would claim final weights it is not.
+        if main:
+            _truncate_metrics(self.run_dir / METRICS_FILE, completed_epochs=self.progress.epoch)
+            # From here on the run is not finished: model.safetensors would claim final weights it is not.
+            (self.run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
+            save_run_config(self.run_dir, self.run_config)
         self.progress.finished = False
-        (self.run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
-        save_run_config(self.run_dir, self.run_config)
-        return self._train()
+        metrics = self._train()
+        barrier(self.world)  # no process returns before the main one has written the run
+        return metrics
 
     def _train(self) -> dict:
         self._open_tensorboard()
@@ -183,20 +229,23 @@ class Trainer:
         codes) on the final weights and on the best ones, and save both."""
         fit_split = deterministic_view(self.train_split, self.run_config.data, "train", self.levels)
         best_path = self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS
-        if best_path.exists() and type(self.model).after_training is not GenerativeModel.after_training:
+        main = self.world.is_main
+        if main and best_path.exists() and type(self.model).after_training is not GenerativeModel.after_training:
             best_model = copy.deepcopy(self.model)
             load_weights(best_model, best_path)
             best_model.eval().after_training(fit_split)
             save_weights(best_model, best_path)
         self.model.eval().after_training(fit_split)
-        save_weights(self.model, self.run_dir / WEIGHTS_FILE)
+        if main:
+            save_weights(self.model, self.run_dir / WEIGHTS_FILE)
         self.progress.finished = True
         self.save_checkpoint()
 
     def _run_epoch(self) -> dict:
         p = self.progress
         batches = BatchIterator(self.train_split, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
-                                epoch=p.epoch, transform=self.transform, start_batch=p.batch_in_epoch)
+                                epoch=p.epoch, transform=self.transform, start_batch=p.batch_in_epoch,
+                                shard=(self.world.rank, self.world.size))
         bar = tqdm(total=len(batches), initial=p.batch_in_epoch, disable=not self.show_bar,
                    desc=f"epoch {p.epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
         started = time.perf_counter() - p.epoch_seconds
@@ -228,7 +277,7 @@ class Trainer:
         p.step += 1
         if terms is None:
             return None
-        values = {name: float(value) for name, value in terms.items()}
+        values = self._mean_over_processes(terms)
         if not math.isfinite(values["loss"]):
             self._skip_or_stop(NonFiniteStep("loss", values["loss"]))
             return None
@@ -239,6 +288,16 @@ class Trainer:
             for name, value in values.items():
                 self.writer.add_scalar(f"train_step/{name}", value, p.step)
         return values
+
+    def _mean_over_processes(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's loss terms as floats; when distributed, averaged over the processes' equal
+        shards (the global batch's means), so every process logs and judges the same numbers."""
+        if not self.world.distributed:
+            return {name: float(value) for name, value in terms.items()}
+        names = list(terms)  # the same order in every process: the same code built the dict
+        totals = sum_over_processes(torch.stack([terms[name].detach().float().reshape(()) for name in names]),
+                                    self.world)
+        return {name: float(total) / self.world.size for name, total in zip(names, totals, strict=True)}
 
     def _skip_or_stop(self, fault: NonFiniteStep) -> None:
         """Count a non-finite step against skip_nonfinite, or stop the run with one line."""
@@ -287,26 +346,33 @@ class Trainer:
         p = self.progress
         if val_loss < p.best_val_loss:
             p.best_val_loss, p.epochs_since_best = val_loss, 0
-            save_weights(self.model, self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS)
+            if self.world.is_main:
+                save_weights(self.model, self.run_dir / CHECKPOINT_DIR / BEST_WEIGHTS)
         else:
             p.epochs_since_best += 1
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean loss terms over the validation split, with noise from a fixed, separate stream so the
-        training RNG is untouched and epochs are comparable."""
+        training RNG is untouched and epochs are comparable. When distributed, each process takes
+        its shard of every batch and the sums are added over processes."""
         self.model.eval()
         sums: dict[str, float] = defaultdict(float)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(VALIDATION_SEED)
-            for batch in BatchIterator(self.val_split, self.cfg.eval_batch_size, shuffle=False):
+            torch.manual_seed(derive_seed(VALIDATION_SEED, self.world.rank) if self.world.rank else VALIDATION_SEED)
+            for batch in BatchIterator(self.val_split, self.cfg.eval_batch_size, shuffle=False,
+                                       shard=(self.world.rank, self.world.size)):
                 batch = batch.to(self.device)
                 with self.updater.autocast():
                     terms = self.model.validation_loss(batch)
                 for name, value in terms.items():
                     sums[name] += float(value) * len(batch.x)
         self.model.train()
+        if self.world.distributed:
+            names = list(sums)
+            totals = sum_over_processes(torch.tensor([sums[name] for name in names], dtype=torch.float64), self.world)
+            sums = defaultdict(float, zip(names, totals.tolist(), strict=True))
         return {name: total / len(self.val_split) for name, total in sums.items()}
 
     # -- helpers ----------------------------------------------------------------------------
@@ -319,13 +385,15 @@ class Trainer:
         return patience > 0 and self.progress.epochs_since_best >= patience
 
     def _open_tensorboard(self) -> None:
-        if not self.cfg.tensorboard:
+        if not self.cfg.tensorboard or not self.world.is_main:
             return
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when asked for
 
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.progress.step or None)
 
     def _log_epoch(self, metrics: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.run_dir / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         if self.writer is not None:

@@ -56,6 +56,10 @@ class BatchIterator:
     the split's images, so a split moved to the GPU once is batched and binarized there. The
     order is always drawn on the CPU, so it is the same on every device. The last batch is
     smaller unless `drop_last`.
+
+    `shard=(rank, processes)` (distributed training) yields only this process's contiguous share
+    of every batch, cut after the transform: the processes' shards together are exactly the batches
+    of a one-process run, binarization included.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class BatchIterator:
         transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         drop_last: bool = False,
         start_batch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, found {batch_size}")
@@ -82,6 +87,10 @@ class BatchIterator:
         if not 0 <= start_batch <= len(self):
             raise DataError(f"start_batch {start_batch} is outside 0..{len(self)} (batches in an epoch)")
         self.start_batch = start_batch
+        rank, processes = shard
+        if not 0 <= rank < processes:
+            raise DataError(f"shard {shard} is not (rank, processes) with 0 <= rank < processes")
+        self.shard = shard
 
     def __len__(self) -> int:
         """Batches in a whole epoch, counted from batch 0 whatever `start_batch` is."""
@@ -106,4 +115,13 @@ class BatchIterator:
             if self.transform is not None:
                 generator = torch.Generator(device=device).manual_seed(derive_seed(self.seed, self.epoch, b))
                 x = self.transform(x, generator)
-            yield Batch(x, label)
+            rows = contiguous_share(len(x), *self.shard)
+            yield Batch(x[rows], None if label is None else label[rows])
+
+
+def contiguous_share(count: int, part: int, parts: int) -> slice:
+    """Part `part` of 0..count-1 cut into `parts` contiguous pieces whose sizes differ by at most
+    one (the earlier parts take the extra items); the pieces in order cover every item once."""
+    base, extra = divmod(count, parts)
+    start = part * base + min(part, extra)
+    return slice(start, start + base + (part < extra))

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.datasets import Split
+from vaelab.distributed import current_world, gather_rows, local_split, process_generator
 from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from vaelab.errors import VaelabError
 from vaelab.eval.batches import evaluation_batches
@@ -368,21 +369,24 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
     sample size of the weights)."""
     latent_model = latent_model_for(model, observation, sigma)
     quantity = bound_of(observation_model(model, observation, sigma), model.conditional, split)
-    generator = torch.Generator(model.device).manual_seed(seed)
+    world = current_world()  # under torchrun each process takes a share of the images
+    generator = process_generator(torch.Generator(model.device).manual_seed(seed), world)
     parts: dict[str, list[Tensor]] = {"log_px": [], "stderr": [], "ess": [], "acceptance_rate": []}
     with eval_mode(model):
-        for x, label in evaluation_batches(model, split, batch_size, desc="decoder AIS", progress=progress):
+        for x, label in evaluation_batches(model, local_split(split, world), batch_size, desc="decoder AIS",
+                                           progress=progress):
             log_px, stderr, diagnostics = ais_log_likelihood(
                 latent_model, x, num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
                 generator, schedule, label=label, max_rows=max_rows)
             for name, value in (("log_px", log_px), ("stderr", stderr), ("ess", diagnostics["ess"]),
                                 ("acceptance_rate", diagnostics["acceptance_rate"])):
                 parts[name].append(value.cpu())
-    values = {name: torch.cat(chunks).double() for name, chunks in parts.items()}
+    values = {name: gather_rows(torch.cat(chunks).double() if chunks else torch.empty(0, dtype=torch.float64), world)
+              for name, chunks in parts.items()}
     settings = {**_ais_settings(num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
                                 schedule),
                 "observation": latent_model.observation, "bound_of": quantity, "sigma": sigma, "seed": seed,
-                "examples": len(split),
+                "examples": len(split), "processes": world.size,
                 "batch_size": batch_size, "max_rows": max_rows,
                 "diagnostics": {
                     "chain_stderr_of_mean": values["stderr"].pow(2).sum().sqrt().item() / len(split),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.datasets import Split
+from vaelab.distributed import current_world, gather_rows, local_split, process_generator
 from vaelab.distributions import Likelihood
 from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, mean_and_stderr
@@ -94,10 +95,12 @@ def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size:
     bound_of). The batch size defaults so that one chunk of samples covers a batch at small k and
     a handful of examples at large k."""
     require(model, VariationalPosterior, "iw")
-    generator = torch.Generator(model.device).manual_seed(seed)
+    world = current_world()  # under torchrun each process takes a share of the images
+    generator = process_generator(torch.Generator(model.device).manual_seed(seed), world)
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))
     bounds = [importance_weighted_bound_per_example(model, x, k, generator, max_rows, label=label).cpu()
-              for x, label in evaluation_batches(model, split, batch_size, desc=f"L_{k}", progress=progress)]
+              for x, label in evaluation_batches(model, local_split(split, world), batch_size, desc=f"L_{k}",
+                                                 progress=progress)]
     settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows,
-                "bound_of": bound_of(model.likelihood, model.conditional, split)}
-    return Estimate(*mean_and_stderr(torch.cat(bounds)), settings)
+                "bound_of": bound_of(model.likelihood, model.conditional, split), "processes": world.size}
+    return Estimate(*mean_and_stderr(gather_rows(torch.cat(bounds) if bounds else torch.empty(0), world)), settings)

@@ -49,6 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vaelab.data.datasets import Split
+from vaelab.distributed import current_world, gather_rows, process_generator, shard_of
 from vaelab.errors import VaelabError
 from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
 from vaelab.models.capabilities import BinaryRBM, require
@@ -212,7 +213,11 @@ def _run_ais(rbm, base_visible_bias: Tensor, betas: Tensor, num_runs: int, gener
              progress: bool) -> tuple[float, float, float, Tensor]:
     """(log Z, delta-method stderr, ESS, log-weights) of one AIS estimate along `betas`."""
     log_z_base = base_log_partition(base_visible_bias, rbm.weight.shape[1])
-    log_w = ais_log_weights(rbm, base_visible_bias, betas, num_runs, generator, progress).cpu()
+    world = current_world()  # under torchrun each process runs a share of the runs
+    local_runs = shard_of(num_runs, world)
+    log_w = ais_log_weights(rbm, base_visible_bias, betas, local_runs.stop - local_runs.start,
+                            process_generator(generator, world), progress).cpu()
+    log_w = gather_rows(log_w, world)
     statistics = importance_weight_statistics(log_w)
     return log_z_base + statistics.log_mean.item(), statistics.stderr.item(), statistics.ess.item(), log_w
 

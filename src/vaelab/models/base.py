@@ -87,7 +87,7 @@ class GenerativeModel(nn.Module, abc.ABC):
     def train_step(self, batch: Batch, step: int, updater: Updater) -> dict[str, Tensor]:
         """One update on one batch: minimize loss()[objective]; returns the detached terms."""
         with updater.autocast():
-            terms = self.loss(batch, step=step)
+            terms = updater.loss(self, batch, step)  # through DistributedDataParallel when distributed
         updater.minimize(terms[self.objective], terms=terms, name=self.objective)
         return detached(terms)
 
