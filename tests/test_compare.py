@@ -16,6 +16,7 @@ from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.comparison.budget import BUDGETS, load_budget
 from vaelab.comparison.runner import Job, train
+from vaelab.errors import VaelabError
 from vaelab.models.vae import VAE
 from vaelab.registry import MODELS
 
@@ -156,3 +157,19 @@ def test_collapse_flags_name_each_model_below_the_ratio_of_the_data_rows_spread(
     assert len(flags) == 1 and "blurry" in flags[0] and "0.79 of the data's 10.00" in flags[0]
     assert report_flags(results) == flags  # nothing else to flag here
     assert collapse_flags({"blurry": spread(1.0)}) == []  # no data row: nothing to compare with
+
+
+def test_two_jobs_at_a_time_give_the_same_results_as_one(compared, tmp_path):
+    out = tmp_path / "parallel"
+    status = main(["compare", "--budget", str(compared["budget"]), "--data", str(compared["data"]), "--out", str(out),
+                   "--jobs", "2"])
+    assert status == 1  # the broken run fails here too
+    one = json.loads((compared["out"] / "results.json").read_text())
+    two = json.loads((out / "results.json").read_text())
+    assert set(one) == set(two)
+    for model, metrics in one.items():  # the same seeded runs, only scheduled differently
+        for name, result in metrics.items():
+            if name not in ("train_seconds", "samples_per_second", "peak_memory_mb"):
+                assert two[model][name]["value"] == result["value"], (model, name)
+    with pytest.raises(VaelabError, match="--jobs must be at least 1"):
+        vaelab.compare(budget=str(compared["budget"]), data=str(compared["data"]), out=tmp_path / "x", jobs=0)

@@ -18,12 +18,12 @@ def evaluate(run_or_model, metrics=("elbo", "iw"), **options):
     return _evaluate(run_or_model, metrics, **options)
 
 
-def compare(models=None, data=None, budget="quick", out="runs/compare", seed=0, data_dir=None):
-    """Train and score every model and write the report, as `vaelab compare` does; returns
-    results.json's content, {model: {metric: {value, stderr, settings}}}."""
+def compare(models=None, data=None, budget="quick", out="runs/compare", seed=0, data_dir=None, jobs=1):
+    """Train and score every model and write the report, as `vaelab compare` does (`jobs` runs at
+    a time); returns results.json's content, {model: {metric: {value, stderr, settings}}}."""
     from vaelab.comparison import compare as _compare
 
-    return _compare(models, data=data, budget=budget, out=out, seed=seed, data_dir=data_dir)
+    return _compare(models, data=data, budget=budget, out=out, seed=seed, data_dir=data_dir, jobs=jobs)
 
 
 __all__ = ["__version__", "compare", "evaluate", "load"]

@@ -430,7 +430,7 @@ def cmd_compare(args) -> int:
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     out = Path(args.out)
     compare(models, data=args.data, budget=args.budget, out=out, seed=args.seed, data_dir=args.data_dir,
-            command=_command_line())
+            command=_command_line(), jobs=args.jobs)
     broken = failed(out)
     print(f"report: {out / 'report.html'} (also {out / 'report.md'}, {out / 'results.json'})")
     if broken:
@@ -465,6 +465,9 @@ def _add_compare_parser(commands) -> None:
                          help=f"reference configs: {', '.join(BUDGETS)} or a .yaml file of that form (default: quick)")
     compare.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="runs trained and scored at the same time, one process each (default 1; "
+                              "2 on a 2-core machine)")
 
 
 def _add_report_parser(commands) -> None:

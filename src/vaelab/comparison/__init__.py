@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,13 @@ SUMMARY_FILE = "summary.json"
 
 def compare(models: Sequence[str] | None = None, data: str | None = None, budget: str = "quick",
             out: str | os.PathLike[str] = "runs/compare", seed: int = 0, data_dir: str | None = None,
-            command: str | None = None) -> dict[str, dict[str, Any]]:
+            command: str | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
     """Train, score and report every model of `budget` (or those named in `models`) on `data`
-    (default: the budget's data set). Returns results.json's content; raises nothing for a model
-    that fails (its error is in summary.json and the report): see `failed(out)`."""
+    (default: the budget's data set), `jobs` runs at a time (each a process of one thread unless
+    OMP_NUM_THREADS says otherwise: jobs=2 on 2 cores). Returns results.json's content; raises
+    nothing for a model that fails (its error is in summary.json and the report): see `failed(out)`."""
+    if jobs < 1:
+        raise VaelabError(f"--jobs must be at least 1, got {jobs}")
     plan = _plan(load_budget(budget), models)
     out = Path(out)
     data = data or plan.data
@@ -47,8 +51,7 @@ def compare(models: Sequence[str] | None = None, data: str | None = None, budget
     plan, skipped = _applicable(plan, dataset)
     make_directory(out)
     with run_lock(out):
-        statuses = {name: _run(name, index, plan, out, data, data_dir, seed, dataset)
-                    for index, name in enumerate(plan.runs, 1)}
+        statuses = _run_all(plan, out, data, data_dir, seed, dataset, jobs)
         results = _collect(out, plan, statuses, dataset, seed)
         summary = build_summary(plan, statuses, results, dataset, out, seed,
                                 command or f"vaelab.compare(budget={budget!r}, data={data!r})")
@@ -106,6 +109,22 @@ def _data_config(data: str, data_dir: str | None):
     from vaelab.config import DataConfig
 
     return DataConfig(name=data, data_dir=data_dir, binarize="none")
+
+
+def _run_all(plan: Budget, out: Path, data: str, data_dir: str | None, seed: int, dataset,
+             jobs: int) -> dict[str, dict[str, Any]]:
+    """Every run's status, in the plan's order; `jobs` child processes at a time (threads only wait)."""
+    if jobs == 1:
+        return {name: _run(name, index, plan, out, data, data_dir, seed, dataset)
+                for index, name in enumerate(plan.runs, 1)}
+    if dataset.num_classes:  # trained once here, not by several children at the same time
+        from vaelab.eval.classifier import load_or_train_classifier
+
+        load_or_train_classifier(dataset)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {name: pool.submit(_run, name, index, plan, out, data, data_dir, seed, dataset)
+                   for index, name in enumerate(plan.runs, 1)}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: str | None, seed: int,
