@@ -1,0 +1,217 @@
+"""Training speed side by side, in one process and one run: the pytorch/examples VAE (784-400-20-400-784,
+batch 128, Adam 1e-3) trained for one epoch of Fashion-MNIST in four ways.
+
+    VAELAB_DATA=../shared/data python benchmarks/train_throughput.py [--repeats 3] [--threads 1] [--json OUT]
+
+- (a) `examples`: the loop users copy from pytorch/examples (vae/main.py), written out here: a
+  per-sample Dataset (each image converted to a float tensor as torchvision's ToTensor does), a
+  shuffling DataLoader of batch 128, BCE-sum reconstruction + analytic KL, Adam(lr=1e-3).
+- (b) `vaelab fp32`: `vaelab train vae hidden=[400] latent_dim=20 batch_size=128 lr=1e-3` through
+  vaelab's Trainer (data kept as one tensor, batches by index), the same network and loss.
+- (c) `vaelab bf16`: the same with `precision=bf16` (bf16 autocast of the matmuls).
+- (d) `limit`: the epoch's matmul FLOPs (6 x weights x images: 2 forward, 4 backward per weight and
+  image) divided by the rates of fp32 and bf16 matmuls measured here, at these shapes, in this run.
+
+All train on the same 59,000 images (vaelab's training split with val_size=1000; the grey values,
+no binarization, as the examples do) and are scored by the same single-sample ELBO on the 10,000
+test images. The epochs are timed without validation or checkpoints (vaelab's epoch_seconds), and
+the methods alternate (a b c a b c ...) so that a change of machine load hits all of them; each
+row gives the median of --repeats epochs, each from fresh weights. Ratios are taken within this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vaelab.config import DataConfig, RunConfig, TrainConfig
+from vaelab.data.datasets import Split
+from vaelab.experiment import load_data, training_splits
+from vaelab.models.vae import VAE, VAEConfig
+from vaelab.trainer import Trainer
+
+BATCH, LR, HIDDEN, LATENT, PIXELS = 128, 1e-3, 400, 20, 784
+LAYER_SHAPES = [(PIXELS, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, PIXELS)]
+
+
+# -- (a) the examples' loop ----------------------------------------------------------------------
+
+class ExamplesVAE(nn.Module):
+    """pytorch/examples vae/main.py's network: fc1, fc21/fc22, fc3, fc4."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+        self.fc3, self.fc4 = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, PIXELS)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.view(-1, PIXELS)))
+        mu, log_var = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, log_var
+
+
+def examples_loss(reconstruction, x, mu, log_var):
+    bce = F.binary_cross_entropy(reconstruction, x.view(-1, PIXELS), reduction="sum")
+    return bce - 0.5 * torch.sum(1 + log_var - mu.pow(2) - log_var.exp())
+
+
+class PerSampleImages(Dataset):
+    """What torchvision's FashionMNIST + ToTensor hands the DataLoader: one uint8 image at a time,
+    converted to a (1, 28, 28) float tensor in [0, 1]."""
+
+    def __init__(self, images_uint8: np.ndarray):
+        self.images = images_uint8
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return torch.from_numpy(self.images[index]).float().div(255).unsqueeze(0), 0
+
+
+def train_examples(images_uint8: np.ndarray, seed: int) -> tuple[float, nn.Module]:
+    torch.manual_seed(seed)
+    model = ExamplesVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    loader = DataLoader(PerSampleImages(images_uint8), batch_size=BATCH, shuffle=True)
+    model.train()
+    started = time.perf_counter()
+    for x, _ in loader:
+        optimizer.zero_grad()
+        reconstruction, mu, log_var = model(x)
+        examples_loss(reconstruction, x, mu, log_var).backward()
+        optimizer.step()
+    return time.perf_counter() - started, model
+
+
+@torch.no_grad()
+def examples_elbo(model: ExamplesVAE, test: torch.Tensor) -> float:
+    model.eval()
+    torch.manual_seed(0)
+    total = sum(_examples_negative_elbo(model, x) for x in test.split(1000))
+    return -total / len(test)
+
+
+def _examples_negative_elbo(model: ExamplesVAE, x: torch.Tensor) -> float:
+    reconstruction, mu, log_var = model(x)
+    return examples_loss(reconstruction, x, mu, log_var).item()
+
+
+# -- (b), (c) vaelab -------------------------------------------------------------------------------
+
+def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int) -> tuple[float, VAE]:
+    torch.manual_seed(seed)
+    model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
+    config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
+                       TrainConfig(batch_size=BATCH, lr=LR, epochs=1, precision=precision, tensorboard=False,
+                                   seed=seed))
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(model, config, run_dir, train_split, val_split, None, progress_bar=False)
+        metrics = trainer.fit()
+    return metrics["epoch_seconds"], model
+
+
+@torch.no_grad()
+def vaelab_elbo(model: VAE, test: torch.Tensor) -> float:
+    model.eval()
+    torch.manual_seed(0)
+    total = 0.0
+    for x in test.split(1000):
+        terms = model.elbo_terms(x)
+        total += (terms["reconstruction"] - terms["kl"]).sum().item()
+    return total / len(test)
+
+
+# -- (d) the limit ---------------------------------------------------------------------------------
+
+def matmul_seconds(dtype: torch.dtype, rows: int, repeats: int = 20) -> float:
+    """Seconds for the forward matmuls of one batch of `rows` images through the five layers, at
+    the best of `repeats` timings (each timing runs them 10 times)."""
+    weights = [torch.randn(a, b, dtype=dtype) for a, b in LAYER_SHAPES]
+    inputs = [torch.randn(rows, a, dtype=dtype) for a, _ in LAYER_SHAPES]
+    for x, w in zip(inputs, weights, strict=True):
+        x @ w  # warm up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(10):
+            for x, w in zip(inputs, weights, strict=True):
+                x @ w
+        best = min(best, (time.perf_counter() - started) / 10)
+    return best
+
+
+def limit_seconds(dtype: torch.dtype, images: int) -> tuple[float, float]:
+    """(seconds for an epoch's 6 x weights x images FLOPs at the measured rate, the rate in GFLOP/s)."""
+    flops_per_batch = 2 * BATCH * sum(a * b for a, b in LAYER_SHAPES)  # forward only
+    rate = flops_per_batch / matmul_seconds(dtype, BATCH)
+    return 3 * flops_per_batch * (images / BATCH) / rate, rate / 1e9
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dataset = load_data(DataConfig(name="fashion-mnist", data_dir=args.data_dir, binarize="none"))
+    train_split, val_split = training_splits(dataset, DataConfig(name="fashion-mnist", binarize="none", val_size=1000))
+    train_uint8 = (train_split.images.squeeze(1) * 255).round().to(torch.uint8).numpy()
+    test = dataset.test.images
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {len(train_split)} training images, "
+          f"batch {BATCH}, {args.repeats} epochs each, alternating", file=sys.stderr)
+
+    methods = {"examples": lambda seed: train_examples(train_uint8, seed),
+               "vaelab fp32": lambda seed: train_vaelab(train_split, val_split, "fp32", seed),
+               "vaelab bf16": lambda seed: train_vaelab(train_split, val_split, "bf16", seed)}
+    elbo = {"examples": examples_elbo, "vaelab fp32": vaelab_elbo, "vaelab bf16": vaelab_elbo}
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    elbos: dict[str, list[float]] = {name: [] for name in methods}
+    for repeat in range(args.repeats):
+        for name, train in methods.items():
+            took, model = train(repeat)
+            seconds[name].append(took)
+            elbos[name].append(elbo[name](model, test))
+            print(f"  {name:<12} epoch {took:6.2f} s, test ELBO {elbos[name][-1]:8.2f}", file=sys.stderr)
+
+    fp32_limit, sgemm_rate = limit_seconds(torch.float32, len(train_split))
+    bf16_limit, bf16_rate = limit_seconds(torch.bfloat16, len(train_split))
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    rows = [(name, medians[name], statistics.median(elbos[name])) for name in methods]
+    rows += [("limit fp32", fp32_limit, None), ("limit bf16", bf16_limit, None)]
+    print(f"\nmatmul rates at these shapes: fp32 {sgemm_rate:.1f} GFLOP/s, bf16 {bf16_rate:.1f} GFLOP/s")
+    print(f"{'':<14}{'s / epoch':>10}{'vs examples':>13}{'vs own limit':>14}{'test ELBO':>11}")
+    for name, took, test_elbo in rows:
+        own_limit = bf16_limit if "bf16" in name else fp32_limit
+        print(f"{name:<14}{took:>10.2f}{took / medians['examples']:>13.3f}{took / own_limit:>14.2f}"
+              f"{'' if test_elbo is None else format(test_elbo, '.2f'):>11}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "seconds": seconds, "test_elbo": elbos, "median_seconds": medians,
+            "limit_seconds": {"fp32": fp32_limit, "bf16": bf16_limit},
+            "matmul_gflops": {"fp32": sgemm_rate, "bf16": bf16_rate},
+            "settings": {"threads": args.threads, "repeats": args.repeats, "images": len(train_split),
+                         "batch": BATCH, "torch": torch.__version__}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
