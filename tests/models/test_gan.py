@@ -428,3 +428,33 @@ def test_samples_and_decodes_use_the_averaged_weights_and_no_decay_uses_g_itself
     assert "generator_average" not in dict(plain.named_buffers())
     with torch.no_grad():
         torch.testing.assert_close(plain.decode(z), plain.generator.eval()(z))
+
+
+def test_recalibrated_statistics_are_the_cumulative_batch_statistics_of_the_averaged_weights():
+    model = make_gan("dcgan", generator_average_decay=0.5)
+    _, g_opt = adam_pair(model)
+    model.generator_step(BATCH, Updater([None, g_opt]))  # the average now differs from G
+    assert not bool(model.generator_average_statistics_ready)
+    reference = copy.deepcopy(model.generator)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.copy_(model.averaged_generator_weights()[name])
+    layers = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    generator = torch.Generator().manual_seed(7)
+    reference.train()
+    with torch.no_grad():
+        for _ in range(3):
+            reference(model.sample_prior(4, generator))
+    model.recalibrate_averaged_statistics(num_batches=3, batch_size=4, seed=7)
+    assert bool(model.generator_average_statistics_ready)
+    averaged = model.averaged_generator_weights()
+    for name, buffer in reference.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(averaged[name], buffer)
+            assert not torch.equal(buffer, dict(model.generator.named_buffers())[name])  # G's own are untouched
+    z = torch.randn(4, LATENT_DIM, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z), reference.eval()(z))

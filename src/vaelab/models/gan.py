@@ -186,6 +186,8 @@ class GAN(GenerativeModel, StandardNormalPrior):
         self._check_config(config)
         self.generator: nn.Module  # G: z (B, D) -> logits (B, C, H, W)
         self.generator_average: Tensor  # (P,) G's averaged weights, when generator_average_decay > 0
+        self.generator_average_statistics: Tensor  # BatchNorm running means and variances for them
+        self.generator_average_statistics_ready: Tensor  # () bool: those statistics were measured
         self.discriminator: nn.Module  # D: x (B, C, H, W) -> logit (B,)
         if config.architecture == "mlp":
             # MLPDecoder lists its widths from the image side, so the generator's order is reversed
@@ -200,6 +202,12 @@ class GAN(GenerativeModel, StandardNormalPrior):
         if config.generator_average_decay > 0:  # G's weights averaged over the steps, as one flat buffer
             initial = parameters_to_vector(self.generator.parameters()).detach().clone()  # (P,)
             self.register_buffer("generator_average", initial)
+            # BatchNorm statistics of the averaged weights, measured once training ends
+            # (recalibrate_averaged_statistics); until then the averaged G uses G's own.
+            statistics = [b.detach().reshape(-1) for b in self._normalization_statistics().values()]
+            self.register_buffer("generator_average_statistics", torch.cat(statistics) if statistics
+                                 else torch.zeros(0))
+            self.register_buffer("generator_average_statistics_ready", torch.tensor(False))
 
     @staticmethod
     def _check_config(config: GANConfig) -> None:
@@ -239,16 +247,62 @@ class GAN(GenerativeModel, StandardNormalPrior):
         return self.generator(z)
 
     def averaged_generator_weights(self) -> dict[str, Tensor]:
-        """The generator_average buffer cut into G's parameters by name (views, no copy)."""
-        names, shapes = zip(*[(name, p.shape) for name, p in self.generator.named_parameters()], strict=True)
-        pieces = torch.split(self.generator_average, [math.prod(shape) for shape in shapes])
-        return {name: piece.view(shape) for name, piece, shape in zip(names, pieces, shapes, strict=True)}
+        """The generator_average buffer cut into G's parameters by name (views, no copy), with the
+        averaged weights' own BatchNorm statistics once they are measured."""
+        weights = _cut(self.generator_average, {name: p.shape for name, p in self.generator.named_parameters()})
+        if bool(self.generator_average_statistics_ready):
+            shapes = {name: b.shape for name, b in self._normalization_statistics().items()}
+            weights.update(_cut(self.generator_average_statistics, shapes))
+        return weights
+
+    def _normalization_statistics(self) -> dict[str, Tensor]:
+        """G's BatchNorm running means and variances by name (not the batch counters)."""
+        return {name: b for name, b in self.generator.named_buffers() if name.endswith(("running_mean", "running_var"))}
+
+    @torch.no_grad()
+    def recalibrate_averaged_statistics(self, num_batches: int = 50, batch_size: int = 256, seed: int = 0) -> None:
+        """Measure the BatchNorm statistics the averaged weights produce: the exact mean over
+        num_batches batches of fresh z (seeded) of each layer's batch mean and variance, as SWA's
+        update_bn does (Izmailov et al. 2018); G's own statistics belong to its last iterate and
+        would mis-normalize the average. Nothing to do without BatchNorm."""
+        shapes = {name: b.shape for name, b in self._normalization_statistics().items()}
+        if not shapes:
+            return
+        statistics = _cut(self.generator_average_statistics, shapes)
+        for name, value in statistics.items():
+            value.fill_(1.0 if name.endswith("running_var") else 0.0)
+        layers = [m for m in self.generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [layer.momentum for layer in layers]
+        counters = {name: torch.zeros_like(b) for name, b in self.generator.named_buffers()
+                    if name.endswith("num_batches_tracked")}
+        weights = {**_cut(self.generator_average, {n: p.shape for n, p in self.generator.named_parameters()}),
+                   **statistics, **counters}
+        generator = torch.Generator(self.generator_average.device).manual_seed(seed)
+        was_training = self.generator.training
+        try:
+            for layer in layers:
+                layer.momentum = None  # a cumulative average over the batches
+            self.generator.train()
+            for _ in range(num_batches):
+                functional_call(self.generator, weights, (self.sample_prior(batch_size, generator),))
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+            self.generator.train(was_training)
+        self.generator_average_statistics_ready.fill_(True)
+
+    def after_training(self, train_split) -> None:
+        """The averaged generator's BatchNorm statistics (see recalibrate_averaged_statistics)."""
+        if self.config.generator_average_decay > 0:
+            self.recalibrate_averaged_statistics()
 
     @torch.no_grad()
     def _update_generator_average(self) -> None:
         """average <- decay * average + (1 - decay) * G's weights, after a generator step."""
         current = parameters_to_vector(self.generator.parameters())
         self.generator_average.lerp_(current, 1.0 - self.config.generator_average_decay)
+        self.generator_average_statistics_ready.fill_(False)  # they belong to the average before this step
+
 
     def discriminate(self, x: Tensor) -> Tensor:
         """D(x) as a logit: x (B, C, H, W) -> (B,); sigmoid(logit) is the probability that x is real."""
@@ -362,3 +416,9 @@ class GAN(GenerativeModel, StandardNormalPrior):
         z = self.sample_prior(num_samples, generator)
         with eval_mode(self.generator):
             return self.generate(z, averaged=True).float().clamp(0.0, 1.0)
+
+
+def _cut(flat: Tensor, shapes: dict[str, torch.Size]) -> dict[str, Tensor]:
+    """A flat tensor cut into views of the given shapes, in order, by name."""
+    pieces = torch.split(flat, [math.prod(shape) for shape in shapes.values()])
+    return {name: piece.view(shape) for name, piece, shape in zip(shapes, pieces, shapes.values(), strict=True)}
