@@ -11,7 +11,6 @@ import torch
 from vaelab.config import TrainConfig
 from vaelab.errors import ConfigError
 
-
 # Adam, AdamW and SGD run fused (one kernel over all parameters, on CPU as on CUDA): the
 # per-parameter loop of the default implementation was a third of a small VAE's training step on
 # CPU (docs/performance.md). RMSprop has no fused kernel; it runs foreach.

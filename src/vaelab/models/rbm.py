@@ -83,9 +83,9 @@ def momentum_warning(optimizer: torch.optim.Optimizer) -> str | None:
         return None
     name = type(optimizer).__name__
     return (f"RBM trained by {name} with momentum={momentum:g}: momentum this high from the first update "
-            "wrecked PCD-1 on Fashion-MNIST at every learning rate tried (0.9 with lr 0.005 to 0.05: test "
-            "log-likelihood -313 to -436 nats, against -261 to -304 with momentum=0 at lr 0.05; see "
-            "docs/models/rbm.md). TrainConfig.momentum defaults to 0.9: pass momentum=0 for plain SGD, or "
+            "wrecked PCD-1 on Fashion-MNIST (0.9 at lr 0.05: test log-likelihood -384 and -428 nats for "
+            "two seeds, against -268 and -304 with momentum=0; see docs/models/rbm.md). "
+            "TrainConfig.momentum defaults to 0.9: pass momentum=0 for plain SGD, or "
             f"at most {MAX_QUIET_MOMENTUM:g} (Hinton 2010, section 9)")
 
 
