@@ -25,8 +25,8 @@ from typing import Any
 
 from vaelab.comparison import runner
 from vaelab.comparison.budget import BUDGETS, Budget, load_budget
-from vaelab.comparison.child import ERROR_FILE
 from vaelab.comparison.report_data import build_summary, data_row
+from vaelab.comparison.runner import ERROR_FILE
 from vaelab.errors import VaelabError
 from vaelab.experiment import load_data
 from vaelab.files import atomic_write_json, make_directory, run_lock

@@ -10,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-ERROR_FILE = "compare_error.txt"
+from vaelab.comparison.runner import ERROR_FILE
 
 
 def main(job_file: str) -> int:

@@ -25,6 +25,7 @@ from vaelab.files import atomic_write_json
 from vaelab.models.capabilities import BinaryRBM, LatentDecoder, MarkovChainSampler, Reconstructor, VariationalPosterior
 from vaelab.plots.images import save_images
 
+ERROR_FILE = "compare_error.txt"  # a failed run's error, one line, written by the child process
 EVAL_FILE = "compare_eval.json"  # the scores, with the settings and weights they were made with
 FIGURES_FILE = "compare_figures.safetensors"  # the tensors the report's figures are drawn from
 GRID = 64  # samples per model in the side-by-side grids
