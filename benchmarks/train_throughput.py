@@ -113,9 +113,12 @@ def _examples_negative_elbo(model: ExamplesVAE, x: torch.Tensor) -> float:
 
 # -- (b), (c) vaelab -------------------------------------------------------------------------------
 
-def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int) -> tuple[float, VAE]:
+def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int,
+                 compiled: bool = False) -> tuple[float, VAE]:
     torch.manual_seed(seed)
     model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
+    if compiled:  # the loss (forward and, through AOTAutograd, backward) compiled by inductor
+        model.loss = torch.compile(model.loss, dynamic=False)  # type: ignore[method-assign]
     config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
                        TrainConfig(batch_size=BATCH, lr=LR, epochs=1, precision=precision, tensorboard=False,
                                    seed=seed))
@@ -169,6 +172,8 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time vaelab fp32 with the loss compiled by torch.compile (its first epoch compiles)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,7 +187,9 @@ def main() -> int:
     methods = {"examples": lambda seed: train_examples(train_uint8, seed),
                "vaelab fp32": lambda seed: train_vaelab(train_split, val_split, "fp32", seed),
                "vaelab bf16": lambda seed: train_vaelab(train_split, val_split, "bf16", seed)}
-    elbo = {"examples": examples_elbo, "vaelab fp32": vaelab_elbo, "vaelab bf16": vaelab_elbo}
+    if args.compile:
+        methods["vaelab compiled"] = lambda seed: train_vaelab(train_split, val_split, "fp32", seed, compiled=True)
+    elbo = {name: examples_elbo if name == "examples" else vaelab_elbo for name in methods}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     elbos: dict[str, list[float]] = {name: [] for name in methods}
     for repeat in range(args.repeats):
