@@ -44,6 +44,11 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, size), the `shard` a BatchIterator takes."""
+        return self.rank, self.size
+
 
 SINGLE = World()
 
@@ -59,7 +64,7 @@ def join_world(device_type: str) -> World:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return current_world()
 
 
 def current_world() -> World:
@@ -67,6 +72,12 @@ def current_world() -> World:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return SINGLE
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def process_seed(seed: int, world: World) -> int:
+    """Rank 0's seed is `seed` itself (its draws are a one-process run's); rank r > 0 gets one
+    derived from (seed, r), so the processes' random numbers are independent."""
+    return seed if world.rank == 0 else derive_seed(seed, world.rank)
 
 
 def shard_of(count: int, world: World) -> slice:
@@ -88,7 +99,7 @@ def gather_rows(values: torch.Tensor, world: World) -> torch.Tensor:
     gathers CPU tensors, NCCL CUDA ones, so the values travel on the backend's device."""
     if not world.distributed:
         return values
-    device = torch.device("cuda", world.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _backend_device(world)
     local = values.to(device)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world.size)]
     dist.all_gather(sizes, torch.tensor([len(local)], device=device))
@@ -105,14 +116,20 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def sum_over_processes(values: torch.Tensor, world: World) -> torch.Tensor:
-    """The elementwise sum of `values` over every process (a copy; on the backend's device)."""
+def sum_over_processes(values: dict[str, float], world: World) -> dict[str, float]:
+    """Each named value summed over every process (the same names, built by the same code, in
+    every process), in float64; the values themselves in one process."""
     if not world.distributed:
-        return values.clone()
-    device = torch.device("cuda", world.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = values.detach().to(device).clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.to(values.device)
+        return dict(values)
+    names = list(values)
+    totals = torch.tensor([values[name] for name in names], dtype=torch.float64, device=_backend_device(world))
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return dict(zip(names, totals.tolist(), strict=True))
+
+
+def _backend_device(world: World) -> torch.device:
+    """Where collectives run: this process's GPU under NCCL, the CPU under gloo."""
+    return torch.device("cuda", world.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 # -- evaluation across processes ------------------------------------------------------------------
@@ -131,4 +148,4 @@ def process_generator(generator: torch.Generator, world: World) -> torch.Generat
     (its initial seed, r): the processes' random numbers are independent, rank 0's as in one process."""
     if world.rank == 0:
         return generator
-    return torch.Generator(generator.device).manual_seed(derive_seed(generator.initial_seed(), world.rank))
+    return torch.Generator(generator.device).manual_seed(process_seed(generator.initial_seed(), world))

@@ -40,7 +40,7 @@ from vaelab.config import RunConfig
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator, derive_seed
 from vaelab.data.pixels import batch_transform
-from vaelab.distributed import SINGLE, World, barrier, check_batch_size, gather_rows, sum_over_processes
+from vaelab.distributed import SINGLE, World, barrier, check_batch_size, gather_rows, process_seed, sum_over_processes
 from vaelab.errors import ConfigError, TrainingError, VaelabError
 from vaelab.experiment import deterministic_view
 from vaelab.files import make_directory
@@ -194,7 +194,7 @@ class Trainer:
             self.restore_checkpoint()
         if not resume:
             # each process its own noise stream; rank 0's is that of a one-process run
-            torch.manual_seed(self.cfg.seed if main else derive_seed(self.cfg.seed, self.world.rank))
+            torch.manual_seed(process_seed(self.cfg.seed, self.world))
             if main:
                 (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if self.finished:
@@ -245,7 +245,7 @@ class Trainer:
         p = self.progress
         batches = BatchIterator(self.train_split, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
                                 epoch=p.epoch, transform=self.transform, start_batch=p.batch_in_epoch,
-                                shard=(self.world.rank, self.world.size))
+                                shard=self.world.shard)
         bar = tqdm(total=len(batches), initial=p.batch_in_epoch, disable=not self.show_bar,
                    desc=f"epoch {p.epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
         started = time.perf_counter() - p.epoch_seconds
@@ -292,12 +292,8 @@ class Trainer:
     def _mean_over_processes(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """The step's loss terms as floats; when distributed, averaged over the processes' equal
         shards (the global batch's means), so every process logs and judges the same numbers."""
-        if not self.world.distributed:
-            return {name: float(value) for name, value in terms.items()}
-        names = list(terms)  # the same order in every process: the same code built the dict
-        totals = sum_over_processes(torch.stack([terms[name].detach().float().reshape(()) for name in names]),
-                                    self.world)
-        return {name: float(total) / self.world.size for name, total in zip(names, totals, strict=True)}
+        totals = sum_over_processes({name: float(value) for name, value in terms.items()}, self.world)
+        return {name: total / self.world.size for name, total in totals.items()}
 
     def _skip_or_stop(self, fault: NonFiniteStep) -> None:
         """Count a non-finite step against skip_nonfinite, or stop the run with one line."""
@@ -360,20 +356,17 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed(VALIDATION_SEED, self.world.rank) if self.world.rank else VALIDATION_SEED)
+            torch.manual_seed(process_seed(VALIDATION_SEED, self.world))
             for batch in BatchIterator(self.val_split, self.cfg.eval_batch_size, shuffle=False,
-                                       shard=(self.world.rank, self.world.size)):
+                                       shard=self.world.shard):
                 batch = batch.to(self.device)
                 with self.updater.autocast():
                     terms = self.model.validation_loss(batch)
                 for name, value in terms.items():
                     sums[name] += float(value) * len(batch.x)
         self.model.train()
-        if self.world.distributed:
-            names = list(sums)
-            totals = sum_over_processes(torch.tensor([sums[name] for name in names], dtype=torch.float64), self.world)
-            sums = defaultdict(float, zip(names, totals.tolist(), strict=True))
-        return {name: total / len(self.val_split) for name, total in sums.items()}
+        totals = sum_over_processes(sums, self.world)
+        return {name: total / len(self.val_split) for name, total in totals.items()}
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -249,11 +249,19 @@ class GAN(GenerativeModel, StandardNormalPrior):
     def averaged_generator_weights(self) -> dict[str, Tensor]:
         """The generator_average buffer cut into G's parameters by name (views, no copy), with the
         averaged weights' own BatchNorm statistics once they are measured."""
-        weights = _cut(self.generator_average, {name: p.shape for name, p in self.generator.named_parameters()})
+        weights = self._averaged_parameters()
         if bool(self.generator_average_statistics_ready):
-            shapes = {name: b.shape for name, b in self._normalization_statistics().items()}
-            weights.update(_cut(self.generator_average_statistics, shapes))
+            weights.update(self._averaged_statistics())
         return weights
+
+    def _averaged_parameters(self) -> dict[str, Tensor]:
+        """generator_average as views shaped like G's parameters, by name."""
+        return _cut(self.generator_average, {name: p.shape for name, p in self.generator.named_parameters()})
+
+    def _averaged_statistics(self) -> dict[str, Tensor]:
+        """generator_average_statistics as views shaped like G's BatchNorm statistics, by name."""
+        shapes = {name: b.shape for name, b in self._normalization_statistics().items()}
+        return _cut(self.generator_average_statistics, shapes)
 
     def _normalization_statistics(self) -> dict[str, Tensor]:
         """G's BatchNorm running means and variances by name (not the batch counters)."""
@@ -265,18 +273,16 @@ class GAN(GenerativeModel, StandardNormalPrior):
         num_batches batches of fresh z (seeded) of each layer's batch mean and variance, as SWA's
         update_bn does (Izmailov et al. 2018); G's own statistics belong to its last iterate and
         would mis-normalize the average. Nothing to do without BatchNorm."""
-        shapes = {name: b.shape for name, b in self._normalization_statistics().items()}
-        if not shapes:
+        statistics = self._averaged_statistics()
+        if not statistics:
             return
-        statistics = _cut(self.generator_average_statistics, shapes)
         for name, value in statistics.items():
             value.fill_(1.0 if name.endswith("running_var") else 0.0)
         layers = [m for m in self.generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [layer.momentum for layer in layers]
         counters = {name: torch.zeros_like(b) for name, b in self.generator.named_buffers()
                     if name.endswith("num_batches_tracked")}
-        weights = {**_cut(self.generator_average, {n: p.shape for n, p in self.generator.named_parameters()}),
-                   **statistics, **counters}
+        weights = {**self._averaged_parameters(), **statistics, **counters}
         generator = torch.Generator(self.generator_average.device).manual_seed(seed)
         was_training = self.generator.training
         try:

@@ -58,7 +58,7 @@ from vaelab.noise import draw_bernoulli
 MAX_ENUMERATED_UNITS = 24  # log_partition_exact sums over 2^n states of the smaller layer
 # Momentum above this draws a warning: Hinton (2010, section 9) starts at 0.5 and raises it to 0.9
 # only once the weights have settled, and 0.9 from the first update (TrainConfig's default for sgd)
-# wrecked PCD-1 on Fashion-MNIST at every lr tried (docs/models/rbm.md).
+# wrecked PCD-1 on Fashion-MNIST (100 to 120 nats at lr 0.05, docs/models/rbm.md).
 MAX_QUIET_MOMENTUM = 0.5
 
 
