@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(build_parser(), argv)
         handler, _ = COMMANDS[args.command]
-        return handler(args)
+        return _run_in_world(handler, args)
     except VaelabError as error:
         if debug:
             traceback.print_exc()
@@ -543,6 +543,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaelab: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _run_in_world(handler, args) -> int:
+    """The command, then (under torchrun) every process leaves the process group together."""
+    succeeded = False
+    try:
+        status = handler(args)
+        succeeded = status == EXIT_OK
+        return status
+    finally:
+        if "vaelab.distributed" in sys.modules:  # only a command that could have joined one imports it
+            sys.modules["vaelab.distributed"].leave_world(succeeded)
 
 
 if __name__ == "__main__":
