@@ -173,3 +173,16 @@ def test_two_jobs_at_a_time_give_the_same_results_as_one(compared, tmp_path):
                 assert two[model][name]["value"] == result["value"], (model, name)
     with pytest.raises(VaelabError, match="--jobs must be at least 1"):
         vaelab.compare(budget=str(compared["budget"]), data=str(compared["data"]), out=tmp_path / "x", jobs=0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to read a process's peak")
+def test_peak_memory_is_the_run_process_own_not_the_orchestrators(compared, tmp_path):
+    """A child spawned by a large process inherits its ru_maxrss across exec; the report must not."""
+    ballast = bytearray(1 << 30)  # 1 GiB held by this process while the run's child trains and scores
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touched, so it is resident
+    out = tmp_path / "memory"
+    main(["compare", "--budget", str(compared["budget"]), "--data", str(compared["data"]), "--out", str(out),
+          "--models", "vae"])
+    peak = json.loads((out / "results.json").read_text())["vae"]["peak_memory_mb"]
+    assert 0 < peak["value"] < 1024 and "VmHWM" in peak["settings"]["measured"], peak
+    del ballast

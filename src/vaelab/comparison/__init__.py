@@ -134,11 +134,16 @@ def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: st
     print(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}",
           file=sys.stderr, flush=True)
     started = time.perf_counter()
-    status, peak_kib = _in_child(job)
+    status, child_maxrss_kib = _in_child(job)
     error = None if status == 0 else _read_error(job.run_dir, status)
+    peak_kib = runner.recorded_peak_memory_kib(job.run_dir) if error is None else None
+    how = "peak resident set of the run's child process (training and scoring): its VmHWM"
+    if peak_kib is None:  # no /proc: ru_maxrss, which Linux carries over from this process (an upper bound)
+        peak_kib, how = child_maxrss_kib, "ru_maxrss of the run's child process (an upper bound: it can include the parent's)"
     print(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
           f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     return {"status": "ok" if error is None else "failed", "error": error, "peak_memory_mb": peak_kib / 1024,
+            "peak_memory_measured": how,
             "run_dir": str(job.run_dir.relative_to(out)), "model": job.spec.model,
             "settings": " ".join(job.spec.overrides())}
 
@@ -177,8 +182,7 @@ def _collect(out: Path, plan: Budget, statuses: dict[str, dict[str, Any]], datas
             continue
         metrics = runner.score(runner.Job(plan.runs[name], out / status["run_dir"], "", None, seed, plan.eval), dataset)
         metrics["peak_memory_mb"] = {"value": round(status["peak_memory_mb"], 1), "stderr": None,
-                                     "settings": {"measured": "peak resident set of the run's process "
-                                                              "(training and scoring), ru_maxrss"}}
+                                     "settings": {"measured": status["peak_memory_measured"]}}
         results[name] = metrics
     results["data"] = data_row(dataset, plan.eval, seed)
     return results

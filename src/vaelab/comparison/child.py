@@ -17,7 +17,7 @@ def main(job_file: str) -> int:
     import torch
 
     from vaelab.comparison.budget import EvalBudget, RunSpec
-    from vaelab.comparison.runner import Job, figure_tensors, score, train
+    from vaelab.comparison.runner import Job, figure_tensors, record_peak_memory, score, train
     from vaelab.config import DataConfig
     from vaelab.experiment import load_data
 
@@ -35,6 +35,7 @@ def main(job_file: str) -> int:
         train(job)
         score(job, dataset)
         figure_tensors(job, dataset)
+        record_peak_memory(job.run_dir)
     except BaseException as error:  # everything becomes the run's error line
         write_error(job.run_dir, error)
         return 130 if isinstance(error, KeyboardInterrupt) else 1

@@ -28,6 +28,7 @@ from vaelab.plots.images import save_images
 ERROR_FILE = "compare_error.txt"  # a failed run's error, one line, written by the child process
 EVAL_FILE = "compare_eval.json"  # the scores, with the settings and weights they were made with
 FIGURES_FILE = "compare_figures.safetensors"  # the tensors the report's figures are drawn from
+MEMORY_FILE = "compare_memory.json"  # the child process's own peak resident memory, with the weights it made
 GRID = 64  # samples per model in the side-by-side grids
 SHOWN = 8  # test images reconstructed, samples shown beside their nearest training image
 SAMPLE_SEED = 0
@@ -84,7 +85,7 @@ def _estimates(model, run_config, dataset: ImageDataset, job: Job) -> dict[str, 
     if isinstance(model, LatentDecoder) and not model.conditional:
         plans.append((["decoder_ais"], options(continuous=True, observation="gaussian", limit=b.decoder_ais_images,
                                                ais_steps=b.decoder_ais_steps, ais_runs=b.decoder_ais_chains,
-                                               convergence_check=True)))
+                                               ais_gradients=b.decoder_ais_gradients, convergence_check=True)))
     if isinstance(model, Reconstructor):
         plans.append((["reconstruction"], options(continuous=True, limit=b.limit)))
     for names, eval_options in plans:
@@ -171,6 +172,40 @@ def _manifold(model, size: int = 15) -> Tensor:
     return _as_image(model, model.decode(grid))
 
 
+def record_peak_memory(run_dir: Path) -> None:
+    """Keep the largest peak resident memory of a child process that worked on these weights.
+
+    The peak is the child's own VmHWM (/proc/self/status). Not ru_maxrss: Linux carries that over an
+    exec from the parent's memory, so a child spawned by a 2 GB orchestrator would report at least
+    2 GB. A child that only reuses a finished run keeps the peak of the one that trained it."""
+    peak_kib = own_peak_memory_kib()
+    if peak_kib is None:
+        return
+    weights = _weights_checksum(run_dir)
+    previous = _read_json(run_dir / MEMORY_FILE) or {}
+    if previous.get("weights") == weights and isinstance(previous.get("peak_kib"), int):
+        peak_kib = max(peak_kib, previous["peak_kib"])
+    atomic_write_json(run_dir / MEMORY_FILE, {"weights": weights, "peak_kib": peak_kib})
+
+
+def own_peak_memory_kib() -> int | None:
+    """This process's peak resident set in KiB (Linux's VmHWM), or None where /proc has no status."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def recorded_peak_memory_kib(run_dir: Path) -> int | None:
+    values = _read_json(run_dir / MEMORY_FILE) or {}
+    peak = values.get("peak_kib")
+    return peak if isinstance(peak, int) and values.get("weights") == _weights_checksum(run_dir) else None
+
+
 def _weights_checksum(run_dir: Path) -> str | None:
     path = run_dir / WEIGHTS_FILE
     if not path.is_file():
@@ -190,4 +225,4 @@ def finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-__all__ = ["EVAL_FILE", "FIGURES_FILE", "Job", "VaelabError", "figure_tensors", "score", "train"]
+__all__ = ["EVAL_FILE", "FIGURES_FILE", "MEMORY_FILE", "Job", "VaelabError", "figure_tensors", "score", "train"]
