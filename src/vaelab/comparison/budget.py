@@ -27,6 +27,7 @@ class EvalBudget:
     decoder_ais_images: int = 50
     decoder_ais_steps: int = 300
     decoder_ais_chains: int = 16
+    decoder_ais_gradients: str = "fp32"  # the leapfrog gradients' precision: fp32 or bf16 (exact either way)
     rbm_ais_runs: int = 100
     rbm_ais_steps: int = 14500
 

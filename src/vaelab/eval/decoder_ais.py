@@ -21,6 +21,14 @@ observation model it is); `latent_model_for` builds one for any model with the L
 capability (vaelab.models.capabilities): the VAE, CVAE, AE, DAE and GAN among the built-in ones.
 All examples x chains run as one (K, B, D) tensor; examples are processed in chunks of at most
 `max_rows` chains.
+
+Optionally (gradient_precision="bf16") the leapfrog gradients come from the decoder under bf16
+autocast, about 2.8 times faster for the comparison's DCGAN on this CPU, while the energies of the
+accept step and the AIS weights stay in the model's own precision. The estimate stays exact: a
+leapfrog trajectory driven by any gradient field that depends on z alone is still reversible and
+volume-preserving (each half step is a shear), so the Metropolis test on the exact energy keeps
+p(z) p(x|z)^beta invariant (Neal 2011, "MCMC using Hamiltonian dynamics", sections 3.1 and 5.5.1,
+on approximate or surrogate gradients). Only the acceptance rate can suffer.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ ACCEPTANCE_SLOWNESS = 0.9
 SIGMOID_RADIUS = 4.0  # the sigmoid schedule's half-width (Wu et al.'s algorithms/ais.py, rad=4)
 DEFAULT_MAX_ROWS = 4096  # chains (examples x num_chains) per chunk; each keeps a decoder graph alive
 DEFAULT_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # choose_sigma's grid (pixel units, data in [0, 1])
+GRADIENT_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # the leapfrog gradients' autocast dtype
 
 
 @dataclass(frozen=True)
@@ -202,36 +211,47 @@ class _Point:
         return -(self.grad_prior + beta * self.grad_likelihood)
 
 
-def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, label: Tensor | None) -> _Point:
+def _evaluate(latent_model: LatentModel, x: Tensor, z: Tensor, label: Tensor | None,
+              gradient_dtype: torch.dtype | None = None, need_values: bool = True) -> _Point:
     """log p(z), log p(x|z) and their separate gradients in z, so that the gradient of any
     log p(z) + beta log p(x|z) is at hand without another decoder pass. One backward pass: the two
-    terms see two leaf copies of z, and the gradient of their sum splits into the two gradients."""
-    with torch.enable_grad():
+    terms see two leaf copies of z, and the gradient of their sum splits into the two gradients.
+
+    gradient_dtype (torch.bfloat16): that pass runs under autocast to it, and the values, when
+    need_values, come from a second, gradient-free pass in the model's precision (the values of a
+    point inside a leapfrog trajectory are never used, so it skips that pass)."""
+    autocast = torch.autocast(z.device.type, dtype=gradient_dtype, enabled=gradient_dtype is not None)
+    with torch.enable_grad(), autocast:
         z_prior = z.detach().requires_grad_(True)
         z_likelihood = z.detach().requires_grad_(True)
         log_prior = latent_model.log_prior(z_prior)  # (K, B)
         log_likelihood = latent_model.log_likelihood(x, z_likelihood, label)  # (K, B)
         grad_prior, grad_likelihood = torch.autograd.grad(log_prior.sum() + log_likelihood.sum(),
                                                           (z_prior, z_likelihood))
-    return _Point(z.detach(), log_prior.detach(), log_likelihood.detach(), grad_prior, grad_likelihood)
+    log_prior, log_likelihood = log_prior.detach(), log_likelihood.detach()
+    if gradient_dtype is not None and need_values:
+        log_prior, log_likelihood = latent_model.log_prior(z), latent_model.log_likelihood(x, z, label)
+    return _Point(z.detach(), log_prior.to(z.dtype), log_likelihood.to(z.dtype), grad_prior.to(z.dtype),
+                  grad_likelihood.to(z.dtype))
 
 
 def _hmc_transition(latent_model: LatentModel, x: Tensor, point: _Point, beta: float, step_size: Tensor,
                     leapfrog_steps: int, generator: torch.Generator | None,
-                    label: Tensor | None) -> tuple[_Point, Tensor]:
+                    label: Tensor | None, gradient_dtype: torch.dtype | None = None) -> tuple[_Point, Tensor]:
     """One HMC transition leaving p(z) p(x|z)^beta invariant (Neal 2011, "MCMC using Hamiltonian
     dynamics", section 5.2): momentum p ~ N(0, I), `leapfrog_steps` leapfrog steps of size
-    step_size (B,) (one per example), Metropolis accept/reject on H = U(z) + |p|^2 / 2.
+    step_size (B,) (one per example), Metropolis accept/reject on H = U(z) + |p|^2 / 2, U always
+    in the model's precision (the gradients in gradient_dtype, see _evaluate).
     Returns the new point and the acceptances (K, B) bool."""
     eps = step_size[None, :, None].to(point.z.dtype)  # (1, B, 1)
     momentum0 = draw_normal(point.z.shape, generator, like=point.z)
     momentum = momentum0 - 0.5 * eps * point.energy_grad(beta)  # half step
     z = point.z + eps * momentum
     for _ in range(leapfrog_steps - 1):
-        proposal = _evaluate(latent_model, x, z, label)
-        momentum = momentum - eps * proposal.energy_grad(beta)
+        inside = _evaluate(latent_model, x, z, label, gradient_dtype, need_values=False)
+        momentum = momentum - eps * inside.energy_grad(beta)
         z = z + eps * momentum
-    proposal = _evaluate(latent_model, x, z, label)
+    proposal = _evaluate(latent_model, x, z, label, gradient_dtype)
     momentum = momentum - 0.5 * eps * proposal.energy_grad(beta)  # final half step
 
     current = point.energy(beta) + 0.5 * momentum0.pow(2).sum(-1)  # (K, B)
@@ -254,29 +274,38 @@ def _choose(accept: Tensor, proposal: _Point, point: _Point) -> _Point:
 @torch.no_grad()
 def hmc_sample(latent_model: LatentModel, x: Tensor, z: Tensor, *, beta: float = 1.0, num_transitions: int = 100,
                step_size: float = 0.1, leapfrog_steps: int = 10, generator: torch.Generator | None = None,
-               label: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               label: Tensor | None = None, gradient_precision: str = "fp32") -> tuple[Tensor, Tensor]:
     """Run `num_transitions` HMC transitions with a fixed step size on p(z) p(x|z)^beta from
     z (K, B, D) (K chains for each example of x (B, C, H, W)). Returns the final z (K, B, D) and
     the acceptance rate per example (B,). beta=1 samples the posterior p(z|x)."""
-    point = _evaluate(latent_model, x, z, label)
+    gradient_dtype = _gradient_dtype(gradient_precision)
+    point = _evaluate(latent_model, x, z, label, gradient_dtype)
     step = torch.full((x.shape[0],), float(step_size), device=z.device, dtype=torch.float64)
     accepted = torch.zeros(x.shape[0], device=z.device, dtype=torch.float64)
     for _ in range(num_transitions):
-        point, accept = _hmc_transition(latent_model, x, point, beta, step, leapfrog_steps, generator, label)
+        point, accept = _hmc_transition(latent_model, x, point, beta, step, leapfrog_steps, generator, label,
+                                        gradient_dtype)
         accepted += accept.double().mean(0)
     return point.z, accepted / max(num_transitions, 1)
+
+
+def _gradient_dtype(gradient_precision: str) -> torch.dtype | None:
+    if gradient_precision not in GRADIENT_PRECISIONS:
+        raise VaelabError(f"gradient_precision must be one of {', '.join(GRADIENT_PRECISIONS)}, "
+                          f"got {gradient_precision!r}")
+    return GRADIENT_PRECISIONS[gradient_precision]
 
 
 # -- AIS --------------------------------------------------------------------------------------------
 
 def _ais_chunk(latent_model: LatentModel, x: Tensor, label: Tensor | None, betas: Tensor, num_chains: int,
                leapfrog_steps: int, initial_step_size: float, target_acceptance: float,
-               generator: torch.Generator | None) -> dict[str, Tensor]:
+               generator: torch.Generator | None, gradient_dtype: torch.dtype | None) -> dict[str, Tensor]:
     """AIS for the examples of one chunk, all chains at once: log-weights (K, B) float64, mean
     acceptance (B,), final step sizes (B,)."""
     batch = x.shape[0]
     z = latent_model.sample_prior(num_chains * batch, generator).view(num_chains, batch, -1)  # row k*B + b
-    point = _evaluate(latent_model, x, z, label)
+    point = _evaluate(latent_model, x, z, label, gradient_dtype)
     log_w = torch.zeros(num_chains, batch, device=x.device, dtype=torch.float64)
     step = torch.full((batch,), float(initial_step_size), device=x.device, dtype=torch.float64)
     average = torch.full((batch,), float(target_acceptance), device=x.device, dtype=torch.float64)
@@ -288,7 +317,7 @@ def _ais_chunk(latent_model: LatentModel, x: Tensor, label: Tensor | None, betas
         if t == num_steps:
             break  # a transition at beta_T = 1 would not change the weights
         point, accept = _hmc_transition(latent_model, x, point, float(betas[t]), step, leapfrog_steps,
-                                        generator, label)
+                                        generator, label, gradient_dtype)
         rate = accept.double().mean(0)  # (B,)
         accepted += rate
         # Wu et al.'s hmc_updates: the new step follows the running rate before this transition's update.
@@ -303,7 +332,8 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
                        leapfrog_steps: int = 10, initial_step_size: float = 0.05,
                        target_acceptance: float = 0.65, generator: torch.Generator | None = None,
                        schedule: str = "sigmoid", label: Tensor | None = None,
-                       max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                       max_rows: int = DEFAULT_MAX_ROWS,
+                       gradient_precision: str = "fp32") -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """AIS estimate of log p(x) for each image of x (B, C, H, W) (Wu et al. 2017).
 
     num_chains chains per example start from the prior; num_steps annealing increments follow
@@ -315,7 +345,8 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
 
     label (B,): the classes of x, for a conditional latent model; chunked with x.
     Examples run in chunks of max(1, max_rows // num_chains) examples; all chains of a chunk form
-    one (num_chains, chunk, D) tensor.
+    one (num_chains, chunk, D) tensor. gradient_precision "bf16": the leapfrog gradients under bf16
+    autocast, the energies and weights not (exact; see the module docstring).
 
     Returns (log_px (B,), stderr (B,), diagnostics). log_px = log mean_k w_k, a stochastic lower
     bound on log p(x). stderr is the delta-method standard error over the K independent chains,
@@ -333,12 +364,13 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
     if label is not None and label.shape != (x.shape[0],):
         raise VaelabError(f"{x.shape[0]} images but label of shape {tuple(label.shape)}")
     betas = annealing_schedule(num_steps, schedule)
+    gradient_dtype = _gradient_dtype(gradient_precision)
     chunk = max(1, max_rows // num_chains)
     parts: list[dict[str, Tensor]] = []
     for start in range(0, x.shape[0], chunk):
         chunk_label = None if label is None else label[start:start + chunk]
         parts.append(_ais_chunk(latent_model, x[start:start + chunk], chunk_label, betas, num_chains,
-                                leapfrog_steps, initial_step_size, target_acceptance, generator))
+                                leapfrog_steps, initial_step_size, target_acceptance, generator, gradient_dtype))
     diagnostics = {name: torch.cat([part[name] for part in parts], dim=-1) for name in parts[0]}
     statistics = importance_weight_statistics(diagnostics["log_weights"])
     diagnostics["ess"] = statistics.ess
@@ -346,10 +378,10 @@ def ais_log_likelihood(latent_model: LatentModel, x: Tensor, num_steps: int = 10
 
 
 def _ais_settings(num_steps: int, num_chains: int, leapfrog_steps: int, initial_step_size: float,
-                  target_acceptance: float, schedule: str) -> dict[str, Any]:
+                  target_acceptance: float, schedule: str, gradient_precision: str) -> dict[str, Any]:
     return {"num_steps": num_steps, "num_chains": num_chains, "leapfrog_steps": leapfrog_steps,
             "initial_step_size": initial_step_size, "target_acceptance": target_acceptance,
-            "schedule": schedule, "chains_start": "prior",
+            "schedule": schedule, "chains_start": "prior", "gradient_precision": gradient_precision,
             "step_size_adaptation": {"per": "example", "inc": STEP_SIZE_INC, "dec": STEP_SIZE_DEC,
                                      "min": STEP_SIZE_MIN, "max": STEP_SIZE_MAX,
                                      "acceptance_slowness": ACCEPTANCE_SLOWNESS}}
@@ -358,7 +390,8 @@ def _ais_settings(num_steps: int, num_chains: int, leapfrog_steps: int, initial_
 def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int = 16, leapfrog_steps: int = 10,
                 initial_step_size: float = 0.05, target_acceptance: float = 0.65, schedule: str = "sigmoid",
                 batch_size: int = 100, max_rows: int = DEFAULT_MAX_ROWS, observation: str | None = None,
-                sigma: float | None = None, seed: int = 0, progress: bool = False) -> Estimate:
+                sigma: float | None = None, seed: int = 0, progress: bool = False,
+                gradient_precision: str = "fp32") -> Estimate:
     """Mean AIS log p(x) over the split (nats per example) for a VAE, CVAE, AE, DAE or GAN
     (Wu et al. 2017), with the model in eval mode; a CVAE gets each batch's label.
 
@@ -377,14 +410,14 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
                                            progress=progress):
             log_px, stderr, diagnostics = ais_log_likelihood(
                 latent_model, x, num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
-                generator, schedule, label=label, max_rows=max_rows)
+                generator, schedule, label=label, max_rows=max_rows, gradient_precision=gradient_precision)
             for name, value in (("log_px", log_px), ("stderr", stderr), ("ess", diagnostics["ess"]),
                                 ("acceptance_rate", diagnostics["acceptance_rate"])):
                 parts[name].append(value.cpu())
     values = {name: gather_rows(torch.cat(chunks).double() if chunks else torch.empty(0, dtype=torch.float64), world)
               for name, chunks in parts.items()}
     settings = {**_ais_settings(num_steps, num_chains, leapfrog_steps, initial_step_size, target_acceptance,
-                                schedule),
+                                schedule, gradient_precision),
                 "observation": latent_model.observation, "bound_of": quantity, "sigma": sigma, "seed": seed,
                 "examples": len(split), "processes": world.size,
                 "batch_size": batch_size, "max_rows": max_rows,

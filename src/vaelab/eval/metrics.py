@@ -46,6 +46,7 @@ class EvalOptions:
     continuous: bool = False
     observation: str | None = None
     convergence_check: bool = False  # AIS estimates are also made with half the steps
+    ais_gradients: str = "fp32"  # decoder AIS: precision of the leapfrog gradients (fp32 or bf16; exact either way)
 
 
 @dataclass
@@ -132,7 +133,8 @@ def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
     o, model = ctx.options, ctx.model
     sigma, sigma_table = o.sigma, None
     if _needs_sigma(ctx):
-        sigma, candidates = choose_sigma(model, ctx.scored("val"), num_examples=10, num_steps=100, seed=o.seed)
+        sigma, candidates = choose_sigma(model, ctx.scored("val"), num_examples=10, num_steps=100, seed=o.seed,
+                                         gradient_precision=o.ais_gradients)
         sigma_table = {str(s): estimate.value for s, estimate in candidates.items()}
     steps = o.ais_steps or 1000
     estimate = _decoder_ais_at(ctx, steps, sigma, o.seed)
@@ -148,7 +150,8 @@ def _decoder_ais_at(ctx: EvalContext, steps: int, sigma: float | None, seed: int
     o = ctx.options
     observation = "gaussian" if sigma is not None else None
     return decoder_ais(ctx.model, ctx.scored(), num_steps=steps, num_chains=o.ais_runs or 16,
-                       observation=observation, sigma=sigma, seed=seed, progress=o.progress)
+                       observation=observation, sigma=sigma, seed=seed, progress=o.progress,
+                       gradient_precision=o.ais_gradients)
 
 
 def add_convergence_check(estimate: Estimate, half: Estimate) -> None:
