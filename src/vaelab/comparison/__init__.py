@@ -139,7 +139,8 @@ def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: st
     peak_kib = runner.recorded_peak_memory_kib(job.run_dir) if error is None else None
     how = "peak resident set of the run's child process (training and scoring): its VmHWM"
     if peak_kib is None:  # no /proc: ru_maxrss, which Linux carries over from this process (an upper bound)
-        peak_kib, how = child_maxrss_kib, "ru_maxrss of the run's child process (an upper bound: it can include the parent's)"
+        peak_kib = child_maxrss_kib
+        how = "ru_maxrss of the run's child process (an upper bound: it can include the parent's)"
     print(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
           f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     return {"status": "ok" if error is None else "failed", "error": error, "peak_memory_mb": peak_kib / 1024,
