@@ -186,3 +186,14 @@ def test_peak_memory_is_the_run_process_own_not_the_orchestrators(compared, tmp_
     peak = json.loads((out / "results.json").read_text())["vae"]["peak_memory_mb"]
     assert 0 < peak["value"] < 1024 and "VmHWM" in peak["settings"]["measured"], peak
     del ballast
+
+
+def test_start_first_runs_start_before_the_others_and_the_report_keeps_the_budget_order(tmp_path):
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump({"data": "unused", "eval": EVAL, "models": RUNS, "start_first": ["gan"]}, sort_keys=False))
+    budget = load_budget(str(path))
+    assert budget.start_order() == ["gan", "vae", "rbm"] and list(budget.runs) == ["vae", "rbm", "gan"]
+    assert budget.with_runs({"vae": budget.runs["vae"]}).start_order() == ["vae"]  # --models narrows it
+    path.write_text(yaml.safe_dump({"data": "unused", "eval": EVAL, "models": RUNS, "start_first": ["gsn"]}))
+    with pytest.raises(VaelabError, match="start_first must list runs"):
+        load_budget(str(path))

@@ -90,7 +90,7 @@ def _plan(budget: Budget, models: Sequence[str] | None) -> Budget:
     if unknown:
         raise VaelabError(f"unknown model {', '.join(map(repr, unknown))} for --models; the {budget.name} budget "
                           f"has {', '.join(budget.runs)}")
-    return Budget(budget.name, budget.data, budget.eval, {name: budget.runs[name] for name in models})
+    return budget.with_runs({name: budget.runs[name] for name in models})
 
 
 def _applicable(plan: Budget, dataset) -> tuple[Budget, list[str]]:
@@ -102,7 +102,7 @@ def _applicable(plan: Budget, dataset) -> tuple[Budget, list[str]]:
     conditional = [name for name, spec in plan.runs.items() if get_model_class(spec.model).conditional]
     runs = {name: spec for name, spec in plan.runs.items() if name not in conditional}
     notes = [f"{', '.join(conditional)} left out: class-conditional models need labels, and {dataset.name} has none."]
-    return Budget(plan.name, plan.data, plan.eval, runs), notes if conditional else []
+    return plan.with_runs(runs), notes if conditional else []
 
 
 def _data_config(data: str, data_dir: str | None):
@@ -113,7 +113,8 @@ def _data_config(data: str, data_dir: str | None):
 
 def _run_all(plan: Budget, out: Path, data: str, data_dir: str | None, seed: int, dataset,
              jobs: int) -> dict[str, dict[str, Any]]:
-    """Every run's status, in the plan's order; `jobs` child processes at a time (threads only wait)."""
+    """Every run's status, in the plan's order; `jobs` child processes at a time (threads only wait),
+    started in plan.start_order()."""
     if jobs == 1:
         return {name: _run(name, index, plan, out, data, data_dir, seed, dataset)
                 for index, name in enumerate(plan.runs, 1)}
@@ -122,9 +123,10 @@ def _run_all(plan: Budget, out: Path, data: str, data_dir: str | None, seed: int
 
         load_or_train_classifier(dataset)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {name: pool.submit(_run, name, index, plan, out, data, data_dir, seed, dataset)
-                   for index, name in enumerate(plan.runs, 1)}
-        return {name: future.result() for name, future in futures.items()}
+        index = {name: number for number, name in enumerate(plan.runs, 1)}
+        futures = {name: pool.submit(_run, name, index[name], plan, out, data, data_dir, seed, dataset)
+                   for name in plan.start_order()}
+        return {name: futures[name].result() for name in plan.runs}
 
 
 def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: str | None, seed: int,

@@ -52,6 +52,17 @@ class Budget:
     data: str
     eval: EvalBudget
     runs: dict[str, RunSpec]
+    # With --jobs above 1, these runs start before the others (the longest ones: the comparison ends
+    # when its last run does); the report keeps the order of `runs`.
+    start_first: tuple[str, ...] = ()
+
+    def with_runs(self, runs: dict[str, RunSpec]) -> Budget:
+        """The same budget with only `runs` (start_first narrowed to them)."""
+        return Budget(self.name, self.data, self.eval, runs, tuple(name for name in self.start_first if name in runs))
+
+    def start_order(self) -> list[str]:
+        """The runs in the order they are started: start_first, then the rest in budget order."""
+        return [*self.start_first, *(name for name in self.runs if name not in self.start_first)]
 
 
 def budget_text(name: str) -> str:
@@ -79,7 +90,10 @@ def load_budget(name: str) -> Budget:
     if set(evaluation) - known:
         raise ConfigError(f"budget {name}: unknown eval keys {sorted(set(evaluation) - known)}")
     runs = {run_name: _run_spec(name, run_name, entry) for run_name, entry in values["models"].items()}
-    return Budget(name, values["data"], EvalBudget(**evaluation), runs)
+    start_first = values.get("start_first") or []
+    if not isinstance(start_first, list) or set(start_first) - set(runs):
+        raise ConfigError(f"budget {name}: start_first must list runs of models:, got {start_first!r}")
+    return Budget(name, values["data"], EvalBudget(**evaluation), runs, tuple(start_first))
 
 
 def _run_spec(budget: str, name: str, entry: Any) -> RunSpec:
