@@ -1,25 +1,53 @@
-"""Time the importance-weighted bound L_k at the published settings: k=5000 over the Fashion-MNIST test
-images with the MLP 2x300, z=40 VAE (issue 4: under 10 minutes for all 10,000 images on 2 CPU cores).
+"""Time the importance-weighted bound L_k at the published settings (k=5000 over the Fashion-MNIST test
+images with the MLP 2x300, z=40 VAE), in fp32 and with bf16 decoder matmuls, against the matmul
+limit measured in the same run.
 
-    VAELAB_DATA=../shared/data python benchmarks/eval_speed.py RUN_DIR [--limit N] [--max-rows R ...]
+    VAELAB_DATA=../shared/data python benchmarks/eval_speed.py RUN_DIR [--limit N] [--threads 2]
+        [--precision fp32 bf16] [--max-rows R ...] [--json FILE]
 
 RUN_DIR is a trained run of benchmarks/configs/vae_fashion_mnist.yaml (any run of that shape: the
-cost does not depend on the weights). Prints seconds, images per second, the time extrapolated to
-10,000 images, L_k and the peak resident memory.
+cost does not depend on the weights). For each precision it prints seconds, the time extrapolated
+to 10,000 images, L_k, and the ratio to the limit; then the bf16 estimate's distance from fp32
+(the same seed, so the same z). The limit is the decoder's forward FLOPs for k samples of every
+image (2 x rows x in x out per Linear layer; the encoder's one pass per image is negligible) at
+the matmul rate measured for the decoder's own shapes at max_rows rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import math
 import time
 
 import torch
+from torch import nn
 
 import vaelab
 from vaelab.checkpoint import load_run_config
 from vaelab.eval.likelihood import importance_weighted_bound
 from vaelab.experiment import evaluation_split, load_data
+from vaelab.files import atomic_write_json
+
+
+def decoder_shapes(model) -> list[tuple[int, int]]:
+    layers = [layer for layer in model.decoder.modules() if isinstance(layer, nn.Linear)]
+    return [(layer.in_features, layer.out_features) for layer in layers]
+
+
+def matmul_rate(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype, repeats: int = 10) -> float:
+    """FLOP/s of the decoder's forward matmuls for `rows` rows, best of `repeats` timings."""
+    inputs = [torch.randn(rows, a, dtype=dtype) for a, _ in shapes]
+    weights = [torch.randn(a, b, dtype=dtype) for a, b in shapes]
+    for x, w in zip(inputs, weights, strict=True):
+        x @ w  # warm up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for x, w in zip(inputs, weights, strict=True):
+            x @ w
+        best = min(best, time.perf_counter() - started)
+    return 2 * rows * sum(a * b for a, b in shapes) / best
 
 
 def main() -> None:
@@ -27,23 +55,47 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--max-rows", type=int, nargs="+", default=[8192], help="decoder rows per chunk to try")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = vaelab.load(args.run_dir, checkpoint="best")
     run_config = load_run_config(args.run_dir)
     split = evaluation_split(load_data(run_config.data), run_config.data, "test")
     if args.limit:
         split = split.subset(slice(0, args.limit))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(split)} images, k={args.k}")
+    shapes = decoder_shapes(model)
+    flops = 2 * args.k * len(split) * sum(a * b for a, b in shapes)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(split)} images, k={args.k}, "
+          f"decoder {shapes}: {flops / 1e12:.1f} TFLOP")
+    figures: dict = {"images": len(split), "k": args.k, "threads": torch.get_num_threads(), "runs": []}
     for max_rows in args.max_rows:
-        started = time.perf_counter()
-        estimate = importance_weighted_bound(model, split, k=args.k, max_rows=max_rows)
-        seconds = time.perf_counter() - started
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"max_rows={max_rows}: {seconds:.1f} s, {len(split) / seconds:.1f} images/s, "
-              f"{seconds / len(split) * 10000 / 60:.1f} min per 10,000 images, L_{args.k} = "
-              f"{estimate.value:.3f} +- {estimate.stderr:.3f}, peak RSS so far {peak_mb:.0f} MB")
+        rates = {name: matmul_rate(shapes, max_rows, dtype)
+                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        print(f"max_rows={max_rows}: matmul rates fp32 {rates['fp32'] / 1e9:.0f}, "
+              f"bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s; limits fp32 {flops / rates['fp32']:.1f} s, "
+              f"bf16 {flops / rates['bf16']:.1f} s")
+        values = {}
+        for precision in args.precision:
+            started = time.perf_counter()
+            estimate = importance_weighted_bound(model, split, k=args.k, max_rows=max_rows, precision=precision)
+            seconds = time.perf_counter() - started
+            limit = flops / rates[precision]
+            values[precision] = estimate.value
+            print(f"  {precision}: {seconds:.1f} s ({seconds / len(split) * 10000:.0f} s per 10,000 images), "
+                  f"{seconds / limit:.2f} x its limit, L_{args.k} = {estimate.value:.3f} +- {estimate.stderr:.3f}")
+            figures["runs"].append({"max_rows": max_rows, "precision": precision, "seconds": seconds,
+                                    "limit_seconds": limit, "value": estimate.value, "stderr": estimate.stderr,
+                                    "matmul_gflops": rates[precision] / 1e9})
+        if {"fp32", "bf16"} <= set(values):
+            print(f"  bf16 - fp32 = {values['bf16'] - values['fp32']:+.4f} nats (the same seed: the same z)")
+    if args.json:
+        atomic_write_json(args.json, figures)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

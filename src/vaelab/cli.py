@@ -255,7 +255,8 @@ def cmd_eval(args) -> int:
             raise VaelabError(f"{flag} must be positive, got {value}")
     options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit,
                           num_samples=args.samples, ais_runs=args.ais_runs, ais_steps=args.ais_steps,
-                          sigma=args.sigma, ais_gradients=args.ais_gradients)
+                          sigma=args.sigma, ais_gradients=args.ais_gradients,
+                          iw_precision=args.iw_precision)
     world = join_world(model.device.type)  # torchrun: L_k and AIS share the images out; one process writes
     ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
     results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
@@ -413,6 +414,9 @@ def _add_eval_ais_arguments(evaluate) -> None:
                           help="AIS intermediate distributions (default: RBM 14500, decoder 1000)")
     evaluate.add_argument("--sigma", type=float, help="decoder AIS: std of the Gaussian observation model of a GAN "
                           "or an MSE autoencoder (default: chosen on the validation split)")
+    evaluate.add_argument("--iw-precision", choices=("fp32", "bf16"), default="fp32",
+                          help="L_k: bf16 runs the decoder's matmuls in bf16 (faster; an approximation of L_k "
+                               "whose distance from fp32 benchmarks/eval_speed.py measures)")
     evaluate.add_argument("--ais-gradients", choices=("fp32", "bf16"), default="fp32",
                           help="decoder AIS: precision of the leapfrog gradients; bf16 is faster and still exact "
                                "(the accept step and the weights use fp32 energies)")

@@ -52,6 +52,12 @@ def _sum_event(values: Tensor, event_dims: int) -> Tensor:
     return values.flatten(start_dim=values.dim() - event_dims).sum(-1)
 
 
+def _at_least_as_precise_as(decoded: Tensor, x: Tensor) -> Tensor:
+    """decoded in the more precise of its dtype and x's: a decoder run under bf16 autocast emits
+    bf16, and its per-pixel terms and their sum over 784 pixels should not be rounded to 8 bits."""
+    return decoded.to(torch.promote_types(decoded.dtype, x.dtype))
+
+
 @dataclass(frozen=True)
 class BernoulliLikelihood:
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)); the binary cross-entropy cost.
@@ -70,7 +76,7 @@ class BernoulliLikelihood:
         return "bernoulli on the decoder's logits"
 
     def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
-        logits = decoded
+        logits = _at_least_as_precise_as(decoded, x)  # bf16 logits (autocast) are scored in x's precision
         return _sum_event(x * logits - F.softplus(logits), event_dims)
 
     def mean(self, decoded: Tensor) -> Tensor:
@@ -123,7 +129,7 @@ class GaussianLikelihood:
         return (torch.sigmoid(raw_mean) if self.sigmoid_mean else raw_mean), log_var
 
     def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
-        mean, log_var = self._mean_and_log_var(decoded)
+        mean, log_var = self._mean_and_log_var(_at_least_as_precise_as(decoded, x))
         log_density = -0.5 * (LOG_2PI + log_var + (x - mean).pow(2) * torch.exp(-log_var))
         return _sum_event(log_density, event_dims)
 

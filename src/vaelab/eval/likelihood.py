@@ -19,6 +19,7 @@ from torch import Tensor
 from vaelab.data.datasets import Split
 from vaelab.distributed import current_world, gather_rows, local_split, process_generator
 from vaelab.distributions import Likelihood
+from vaelab.errors import VaelabError
 from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, mean_and_stderr
 from vaelab.models.capabilities import VariationalPosterior, require
@@ -70,19 +71,37 @@ def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, se
             "kl": Estimate(*mean_and_stderr(kl), dict(settings))}
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @torch.no_grad()
 def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: torch.Generator,
-                                          max_rows: int = DEFAULT_MAX_ROWS, label: Tensor | None = None) -> Tensor:
+                                          max_rows: int = DEFAULT_MAX_ROWS, label: Tensor | None = None,
+                                          precision: str = "fp32") -> Tensor:
     """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks; `label`
-    (B,) goes to a class-conditional model's densities."""
-    posterior = model.encode(x, label=label)
+    (B,) goes to a class-conditional model's densities.
+
+    precision "bf16": the decoder's matmuls run under bf16 autocast. The encoder, the samples z and
+    both latent densities stay in fp32, and the likelihood's sums in fp32, so the result is exactly
+    L_k of the model whose decoder is computed in bf16 (a Bernoulli with slightly rounded logits is
+    still a distribution over x), not of the model itself: how far the two lie apart has to be
+    measured (benchmarks/eval_speed.py)."""
+    if precision not in PRECISIONS:
+        raise VaelabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    posterior = model.encode(x, label=label)  # outside the autocast: q(z|x) is the proposal, exactly
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return _bound_over_chunks(model, x, k, generator, max_rows, label, posterior)
+
+
+def _bound_over_chunks(model, x: Tensor, k: int, generator: torch.Generator, max_rows: int,
+                       label: Tensor | None, posterior: tuple[Tensor, Tensor]) -> Tensor:
     samples_per_chunk = max(1, min(k, max_rows // len(x)))
     running = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
     drawn = 0
     while drawn < k:
         chunk = min(samples_per_chunk, k - drawn)
-        log_w = model.log_weights(x, chunk, generator, posterior=posterior, label=label)  # (chunk, B)
-        running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
+        log_w = model.log_weights(x, chunk, generator, posterior=posterior, label=label).double()  # (chunk, B)
+        running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         drawn += chunk
     return (running - math.log(k)).float()
 
@@ -90,7 +109,7 @@ def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: t
 @torch.no_grad()
 def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size: int | None = None,
                               max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0,
-                              progress: bool = False) -> Estimate:
+                              progress: bool = False, precision: str = "fp32") -> Estimate:
     """Mean L_k over the split (Burda et al. 2015); settings["bound_of"] says of what (see
     bound_of). The batch size defaults so that one chunk of samples covers a batch at small k and
     a handful of examples at large k."""
@@ -98,9 +117,11 @@ def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size:
     world = current_world()  # under torchrun each process takes a share of the images
     generator = process_generator(torch.Generator(model.device).manual_seed(seed), world)
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))
-    bounds = [importance_weighted_bound_per_example(model, x, k, generator, max_rows, label=label).cpu()
+    bounds = [importance_weighted_bound_per_example(model, x, k, generator, max_rows, label=label,
+                                                    precision=precision).cpu()
               for x, label in evaluation_batches(model, local_split(split, world), batch_size, desc=f"L_{k}",
                                                  progress=progress)]
     settings = {"k": k, "seed": seed, "examples": len(split), "batch_size": batch_size, "max_rows": max_rows,
+                "precision": precision,
                 "bound_of": bound_of(model.likelihood, model.conditional, split), "processes": world.size}
     return Estimate(*mean_and_stderr(gather_rows(torch.cat(bounds) if bounds else torch.empty(0), world)), settings)

@@ -46,6 +46,7 @@ class EvalOptions:
     continuous: bool = False
     observation: str | None = None
     convergence_check: bool = False  # AIS estimates are also made with half the steps
+    iw_precision: str = "fp32"  # L_k's matmuls: fp32, or bf16 autocast (an approximation: measure it)
     ais_gradients: str = "fp32"  # decoder AIS: precision of the leapfrog gradients (fp32 or bf16; exact either way)
 
 
@@ -91,7 +92,8 @@ def _elbo(ctx: EvalContext) -> dict[str, Estimate]:
 
 def _iw(ctx: EvalContext) -> dict[str, Estimate]:
     o = ctx.options
-    estimate = importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress)
+    estimate = importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress,
+                                         precision=o.iw_precision)
     return {"iw_bound" if is_log_likelihood(estimate.settings["bound_of"]) else "iw_cross_entropy": estimate}
 
 
