@@ -39,7 +39,8 @@ def write_budget(path: Path, runs: dict) -> Path:
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     data = write_images(root / "tiny.npz", num_train=60, num_test=10, labels=True)
-    broken = {**RUNS, "broken": {"model": "vae", "settings": {"latent_dim": 0, "epochs": 1}}}
+    gaussian = {"model": "vae", "settings": {**RUNS["vae"]["settings"], "likelihood": "gaussian"}}
+    broken = {**RUNS, "vae_gaussian": gaussian, "broken": {"model": "vae", "settings": {"latent_dim": 0, "epochs": 1}}}
     budget = write_budget(root / "budget.yaml", broken)
     out = root / "out"
     import os
@@ -62,14 +63,14 @@ def test_a_failing_model_is_an_error_in_the_report_and_the_rest_is_written(compa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["models"]["broken"]["status"] == "failed"
     assert "latent_dim" in summary["models"]["broken"]["error"]
-    assert {name for name, entry in summary["models"].items() if entry["status"] == "ok"} == set(RUNS)
+    assert {name for name, entry in summary["models"].items() if entry["status"] == "ok"} == {*RUNS, "vae_gaussian"}
     html = (out / "report.html").read_text()
     assert "broken" in html and "failed" in html and (out / "report.md").is_file()
 
 
 def test_results_map_each_model_to_eval_json_metrics(compared):
     results = json.loads((compared["out"] / "results.json").read_text())
-    assert set(results) == {*RUNS, "data"}
+    assert set(results) == {*RUNS, "vae_gaussian", "data"}
     for metrics in results.values():
         for result in metrics.values():
             assert set(result) == {"value", "stderr", "settings"}
@@ -85,6 +86,15 @@ def test_results_map_each_model_to_eval_json_metrics(compared):
     assert all(results[m]["decoder_ais"]["settings"]["observation"].startswith("gaussian") for m in ("vae", "gan"))
     for cost in ("parameters", "train_seconds", "samples_per_second", "peak_memory_mb"):
         assert results["vae"][cost]["value"] > 0, cost
+
+
+def test_a_gaussian_vaes_bound_is_a_density_of_continuous_pixels_in_its_own_column(compared):
+    results = json.loads((compared["out"] / "results.json").read_text())
+    assert "iw_bound" in results["vae"] and "iw_bound" not in results["vae_gaussian"]
+    assert results["vae_gaussian"]["continuous_iw_bound"]["settings"]["bound_of"] == "log p(x)"
+    columns = json.loads((compared["out"] / "summary.json").read_text())["columns"]
+    assert {"key": "continuous_iw_bound", "protocol": "continuous, model's own Gaussian"}.items() <= \
+        next(column for column in columns if column["key"] == "continuous_iw_bound").items()
 
 
 def test_rerunning_reuses_finished_runs(compared, capfd):

@@ -31,6 +31,7 @@ COLUMNS = [
     ("iw_bound", "L_k, log p(x)", BINARIZED, ".1f", True),
     ("rbm_log_likelihood", "RBM AIS, log p(x)", BINARIZED, ".1f", True),
     ("conditional_iw_bound", "L_k, log p(x|y)", BINARIZED, ".1f", True),
+    ("continuous_iw_bound", "L_k, log density", "continuous, model's own Gaussian", ".1f", True),
     ("decoder_ais", "decoder AIS, log p(x)", GAUSSIAN, ".1f", True),
     ("parzen", "Parzen, log p(x) (biased)", CONTINUOUS, ".1f", True),
     ("reconstruction_mse", "reconstruction SE", CONTINUOUS, ".2f", False),
@@ -64,7 +65,8 @@ def protocol(plan: Budget) -> list[str]:
         "binarized images (binarize=auto); the others on the continuous pixels.",
         f"L_k (k={b.iw_k}) and RBM AIS ({b.rbm_ais_runs} runs x {b.rbm_ais_steps:,} steps) are log-likelihoods "
         f"of the test images binarized once with the fixed evaluation seed: comparable with each other. The "
-        f"CVAE's L_k is log p(x|y), a conditional likelihood, in its own column.",
+        f"CVAE's L_k is log p(x|y), a conditional likelihood, in its own column; a Gaussian VAE's L_k is a "
+        f"density of the continuous pixels under its own training sigma, in another.",
         f"Decoder AIS (Wu et al. 2017; {b.decoder_ais_steps} steps x {b.decoder_ais_chains} chains, the first "
         f"{b.decoder_ais_images} test images) scores every decoder model (VAE, AE, DAE, GAN) on the continuous "
         f"test images under the same Gaussian observation model N(x; decoder mean, sigma^2 I), sigma chosen "

@@ -92,6 +92,8 @@ def _estimates(model, run_config, dataset: ImageDataset, job: Job) -> dict[str, 
         results.update(evaluate(EvalContext(model, run_config, dataset, "test", eval_options), names))
     if model.conditional and "iw_bound" in results:  # log p(x|y): never in the log p(x) column
         results["conditional_iw_bound"] = results.pop("iw_bound")
+    if "iw_bound" in results and not model.likelihood.binary_support:  # a density of continuous pixels
+        results["continuous_iw_bound"] = results.pop("iw_bound")
     return results
 
 
