@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from gan_diversity import diversity
+
 from vaelab.checkpoint import load, load_run_config
 from vaelab.experiment import load_data
 from vaelab.files import atomic_write_json

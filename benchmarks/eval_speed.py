@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
+from matmul_limit import best_matmul_seconds, forward_flops
 from torch import nn
 
 import vaelab
@@ -35,19 +35,9 @@ def decoder_shapes(model) -> list[tuple[int, int]]:
     return [(layer.in_features, layer.out_features) for layer in layers]
 
 
-def matmul_rate(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype, repeats: int = 10) -> float:
-    """FLOP/s of the decoder's forward matmuls for `rows` rows, best of `repeats` timings."""
-    inputs = [torch.randn(rows, a, dtype=dtype) for a, _ in shapes]
-    weights = [torch.randn(a, b, dtype=dtype) for a, b in shapes]
-    for x, w in zip(inputs, weights, strict=True):
-        x @ w  # warm up
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for x, w in zip(inputs, weights, strict=True):
-            x @ w
-        best = min(best, time.perf_counter() - started)
-    return 2 * rows * sum(a * b for a, b in shapes) / best
+def matmul_rate(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype) -> float:
+    """FLOP/s of the decoder's forward matmuls for `rows` rows."""
+    return forward_flops(shapes, rows) / best_matmul_seconds(shapes, rows, dtype, repeats=5, inner=3)
 
 
 def main() -> None:
@@ -69,7 +59,7 @@ def main() -> None:
     if args.limit:
         split = split.subset(slice(0, args.limit))
     shapes = decoder_shapes(model)
-    flops = 2 * args.k * len(split) * sum(a * b for a, b in shapes)
+    flops = forward_flops(shapes, args.k * len(split))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(split)} images, k={args.k}, "
           f"decoder {shapes}: {flops / 1e12:.1f} TFLOP")
     figures: dict = {"images": len(split), "k": args.k, "threads": torch.get_num_threads(), "runs": []}

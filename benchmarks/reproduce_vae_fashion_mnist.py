@@ -33,8 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/repro-fmnist")
     parser.add_argument("--config", type=Path, default=CONFIG,
-                        help="the run's config (default: the session-sized one; configs/vae_fashion_mnist_protocol.yaml "
-                             "is the published protocol in full)")
+                        help="the run's config (default: the session-sized one; "
+                             "configs/vae_fashion_mnist_protocol.yaml is the published protocol in full)")
     parser.add_argument("--epochs", type=int, help="override the config's epoch budget")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")

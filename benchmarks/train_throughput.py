@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matmul_limit import best_matmul_seconds, forward_flops
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -141,27 +141,10 @@ def vaelab_elbo(model: VAE, test: torch.Tensor) -> float:
 
 # -- (d) the limit ---------------------------------------------------------------------------------
 
-def matmul_seconds(dtype: torch.dtype, rows: int, repeats: int = 20) -> float:
-    """Seconds for the forward matmuls of one batch of `rows` images through the five layers, at
-    the best of `repeats` timings (each timing runs them 10 times)."""
-    weights = [torch.randn(a, b, dtype=dtype) for a, b in LAYER_SHAPES]
-    inputs = [torch.randn(rows, a, dtype=dtype) for a, _ in LAYER_SHAPES]
-    for x, w in zip(inputs, weights, strict=True):
-        x @ w  # warm up
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(10):
-            for x, w in zip(inputs, weights, strict=True):
-                x @ w
-        best = min(best, (time.perf_counter() - started) / 10)
-    return best
-
-
 def limit_seconds(dtype: torch.dtype, images: int) -> tuple[float, float]:
     """(seconds for an epoch's 6 x weights x images FLOPs at the measured rate, the rate in GFLOP/s)."""
-    flops_per_batch = 2 * BATCH * sum(a * b for a, b in LAYER_SHAPES)  # forward only
-    rate = flops_per_batch / matmul_seconds(dtype, BATCH)
+    flops_per_batch = forward_flops(LAYER_SHAPES, BATCH)  # forward only
+    rate = flops_per_batch / best_matmul_seconds(LAYER_SHAPES, BATCH, dtype)
     return 3 * flops_per_batch * (images / BATCH) / rate, rate / 1e9
 
 
