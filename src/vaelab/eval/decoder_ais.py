@@ -23,12 +23,12 @@ All examples x chains run as one (K, B, D) tensor; examples are processed in chu
 `max_rows` chains.
 
 Optionally (gradient_precision="bf16") the leapfrog gradients come from the decoder under bf16
-autocast, about 2.8 times faster for the comparison's DCGAN on this CPU, while the energies of the
+autocast, about 2.6 times faster for the comparison's DCGAN on this CPU, while the energies of the
 accept step and the AIS weights stay in the model's own precision. The estimate stays exact: a
 leapfrog trajectory driven by any gradient field that depends on z alone is still reversible and
 volume-preserving (each half step is a shear), so the Metropolis test on the exact energy keeps
-p(z) p(x|z)^beta invariant (Neal 2011, "MCMC using Hamiltonian dynamics", sections 3.1 and 5.5.1,
-on approximate or surrogate gradients). Only the acceptance rate can suffer.
+p(z) p(x|z)^beta invariant (the argument of Neal 2011, "MCMC using Hamiltonian dynamics", section 3.1,
+which uses only that the force depends on z alone). Only the acceptance rate can suffer.
 """
 
 from __future__ import annotations
