@@ -340,3 +340,24 @@ def test_registry_names_the_vae_and_rejects_unknown_models():
     assert MODELS["vae"] is VAE and VAE.config_class is VAEConfig
     with pytest.raises(VaelabError, match="unknown model 'vea'.*vae"):
         get_model_class("vea")
+
+
+def test_gated_units_are_value_times_sigmoid_gate_and_train():
+    """activation="gated": each hidden layer is h = (W x + b) * sigmoid(V x + c), W and V the two
+    halves of one Linear layer (the VampPrior reference code's GatedDense)."""
+    from vaelab.models.blocks import GatedLinear
+
+    torch.manual_seed(0)
+    layer = GatedLinear(5, 3)
+    x = torch.randn(4, 5)
+    weight, bias = layer.both.weight, layer.both.bias
+    expected = (x @ weight[:3].T + bias[:3]) * torch.sigmoid(x @ weight[3:].T + bias[3:])
+    torch.testing.assert_close(layer(x), expected)
+    model = VAE(VAEConfig(hidden=(16, 8), activation="gated", latent_dim=2), (1, 4, 4))
+    assert sum(isinstance(module, GatedLinear) for module in model.modules()) == 4  # 2 encoder + 2 decoder layers
+    x = (torch.rand(8, 1, 4, 4) > 0.5).float()
+    _, changed = adam_step(model, Batch(x))
+    assert {name for name in changed if "both" in name} == {name for name, _ in model.named_parameters()
+                                                            if "both" in name}  # every gated layer learns
+    with pytest.raises(ConfigError, match="gated: MLP layers only"):
+        VAE(VAEConfig(architecture="conv", activation="gated"), (1, 8, 8))
