@@ -25,7 +25,14 @@ PUBLISHED_NLL = 228.70
 def run(command: list[str]) -> float:
     print("+", " ".join(command), flush=True)
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    try:
+        subprocess.run(command, check=True)
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; the run continues with --resume (or --skip-train to evaluate its best "
+                         "weights so far)") from None
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"{command[3]} stopped with exit status {error.returncode}; the run continues with "
+                         "--resume (or --skip-train to evaluate its best weights so far)") from None
     return time.perf_counter() - started
 
 
