@@ -100,8 +100,8 @@ def _bound_over_chunks(model, x: Tensor, k: int, generator: torch.Generator, max
     drawn = 0
     while drawn < k:
         chunk = min(samples_per_chunk, k - drawn)
-        log_w = model.log_weights(x, chunk, generator, posterior=posterior, label=label).double()  # (chunk, B)
-        running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+        log_w = model.log_weights(x, chunk, generator, posterior=posterior, label=label)  # (chunk, B)
+        running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
         drawn += chunk
     return (running - math.log(k)).float()
 
