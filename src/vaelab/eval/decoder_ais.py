@@ -47,7 +47,7 @@ from vaelab.distributions import BernoulliLikelihood, GaussianLikelihood, Likeli
 from vaelab.errors import VaelabError
 from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
-from vaelab.eval.likelihood import bound_of
+from vaelab.eval.likelihood import autocast_dtype, bound_of
 from vaelab.models.capabilities import LatentDecoder, require
 from vaelab.models.modes import eval_mode
 from vaelab.noise import draw_normal, draw_uniform
@@ -65,7 +65,6 @@ ACCEPTANCE_SLOWNESS = 0.9
 SIGMOID_RADIUS = 4.0  # the sigmoid schedule's half-width (Wu et al.'s algorithms/ais.py, rad=4)
 DEFAULT_MAX_ROWS = 4096  # chains (examples x num_chains) per chunk; each keeps a decoder graph alive
 DEFAULT_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # choose_sigma's grid (pixel units, data in [0, 1])
-GRADIENT_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # the leapfrog gradients' autocast dtype
 
 
 @dataclass(frozen=True)
@@ -290,10 +289,7 @@ def hmc_sample(latent_model: LatentModel, x: Tensor, z: Tensor, *, beta: float =
 
 
 def _gradient_dtype(gradient_precision: str) -> torch.dtype | None:
-    if gradient_precision not in GRADIENT_PRECISIONS:
-        raise VaelabError(f"gradient_precision must be one of {', '.join(GRADIENT_PRECISIONS)}, "
-                          f"got {gradient_precision!r}")
-    return GRADIENT_PRECISIONS[gradient_precision]
+    return autocast_dtype(gradient_precision, "gradient_precision")
 
 
 # -- AIS --------------------------------------------------------------------------------------------

@@ -71,7 +71,14 @@ def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, se
             "kl": Estimate(*mean_and_stderr(kl), dict(settings))}
 
 
-PRECISIONS = ("fp32", "bf16")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # an estimator's precision -> its autocast dtype
+
+
+def autocast_dtype(precision: str, name: str = "precision") -> torch.dtype | None:
+    """The autocast dtype of an estimator's `precision` option (None for fp32: no autocast)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise VaelabError(f"{name} must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
+    return AUTOCAST_DTYPES[precision]
 
 
 @torch.no_grad()
@@ -86,10 +93,9 @@ def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: t
     L_k of the model whose decoder is computed in bf16 (a Bernoulli with slightly rounded logits is
     still a distribution over x), not of the model itself: how far the two lie apart has to be
     measured (benchmarks/eval_speed.py)."""
-    if precision not in PRECISIONS:
-        raise VaelabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = autocast_dtype(precision)
     posterior = model.encode(x, label=label)  # outside the autocast: q(z|x) is the proposal, exactly
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return _bound_over_chunks(model, x, k, generator, max_rows, label, posterior)
 
 
