@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 import vaelab
-from tiny_runs import error_lines, read_metrics, train, write_images
+from tiny_runs import error_lines, read_metrics, same_tensors, train, write_images
+from tiny_runs import read_tensors as read_tensors_of
 from vaelab.checkpoint import load_run_config
 from vaelab.cli import main
 from vaelab.eval.likelihood import elbo, importance_weighted_bound
@@ -314,3 +315,25 @@ def test_python_m_vaelab_version_and_a_usage_error():
     result = _python_m_vaelab("sample", "no-such-run")
     assert result.returncode == 2 and result.stdout == ""
     assert only_error_line(result.stderr) == "vaelab: error: no-such-run is not a vaelab run directory (no config.json)"
+
+
+def test_init_from_starts_from_another_runs_weights(run, data, tmp_path):
+    """lr=0 keeps the weights where they start: the source run's with init_from, the seed's without."""
+    source = read_tensors_of(run / "model.safetensors")
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    assert train(warm, data, "--max-steps", "2", "lr=0", f"init_from={run}") == 0
+    assert train(cold, data, "--max-steps", "2", "lr=0") == 0
+    assert same_tensors(read_tensors_of(warm / "model.safetensors"), source)
+    assert not same_tensors(read_tensors_of(cold / "model.safetensors"), source)
+    assert load_run_config(warm).train.init_from == str(run)  # saved with the run
+
+
+@pytest.mark.parametrize("init_from,extra,message", [
+    ("missing.safetensors", [], "init_from: no weights file"),
+    ("RUN", ["hidden=[5]"], "do not fit the model"),
+])
+def test_init_from_errors_are_one_line_and_leave_no_run(run, data, tmp_path, capsys, init_from, extra, message):
+    source = run if init_from == "RUN" else tmp_path / init_from
+    assert train(tmp_path / "out", data, *extra, f"init_from={source}") == 2
+    assert message in only_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

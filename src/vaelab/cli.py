@@ -130,12 +130,14 @@ def _train(args, trainer, dataset, resume: bool) -> int:
 def _trainer(run_config, run_dir: Path, dataset, splits, world):
     import torch
 
-    from vaelab.checkpoint import build_model
+    from vaelab.checkpoint import build_model, load_initial_weights
     from vaelab.trainer import Trainer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.train.seed)  # the initial weights follow --seed too
         model = build_model(run_config)
+    if run_config.train.init_from:  # a resumed run's checkpoint replaces these again
+        load_initial_weights(model, run_config.train.init_from)
     train_split, val_split = splits
     return Trainer(model, run_config, run_dir, train_split, val_split, dataset.levels, world=world)
 

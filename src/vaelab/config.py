@@ -76,6 +76,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: int = 500
     tensorboard: bool = True
+    # Start from these weights instead of a random init (a fine-tune, e.g. an IWAE objective on a
+    # trained VAE): a .safetensors file, or a run directory (its final model.safetensors).
+    init_from: str | None = None
 
 
 @dataclass
