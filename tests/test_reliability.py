@@ -10,7 +10,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,8 @@ import pytest
 import torch
 
 import vaelab.files
-from tiny_runs import error_lines, read_metrics, read_tensors, same_tensors, train, write_images
+from tiny_runs import (STEPS_PER_EPOCH, TINY_MODEL, error_lines, read_metrics, read_tensors, same_tensors, train,
+                       write_images)
 from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.data.idx import write_idx
@@ -152,6 +156,31 @@ def test_final_weights_exist_only_for_a_finished_run(tmp_path, data, capsys):
     assert main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
     assert "has no final weights (its training has not finished" in capsys.readouterr().err
     assert main(["sample", str(run), "--checkpoint", "last", "--out", str(tmp_path / "s.png")]) == 0
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, data):
+    """SIGTERM (a scheduler's stop) ends training as Ctrl-C does: the checkpoint of the step it
+    reached is written, exit status 143 with one line, and --resume continues from there."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "vaelab", "train", "vae", *TINY_MODEL, "tensorboard=false",
+               "--data", str(data), "--out", str(run), "--epochs", "100000"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(_lines(run / "metrics.jsonl")) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert error_lines(stderr) == ["vaelab: error: terminated (a training run can continue with --resume)"]
+    saved = load_training_state(run)["progress"]
+    assert saved["step"] >= 3 * STEPS_PER_EPOCH  # at least the epochs it logged: nothing lost
+    assert not (run / "model.safetensors").exists()
+    assert main(["train", "vae", "--out", str(run), "--resume", "--max-steps", str(saved["step"] + 2)]) == 0
+    assert load_training_state(run)["progress"]["step"] == saved["step"] + 2
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 # -- numerical faults -------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ running with exit status 1; a traceback only with --debug or VAELAB_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -21,6 +23,33 @@ if TYPE_CHECKING:  # the models import torch: loaded only by the commands that n
     from vaelab.models.base import GenerativeModel
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's status for a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, a container shutting down), raised where Ctrl-C would be
+    so that training saves its checkpoint the same way before the process ends."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM raises Terminated, unless someone already chose what it does
+    (an ignored or handled signal is left alone); afterwards the old disposition is back."""
+    try:
+        take = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        if take:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): signals are not ours
+        take = False
+    try:
+        yield
+    finally:
+        if take:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -534,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(build_parser(), argv)
         handler, _ = COMMANDS[args.command]
-        return _run_in_world(handler, args)
+        with _sigterm_as_interrupt():
+            return _run_in_world(handler, args)
     except VaelabError as error:
         if debug:
             traceback.print_exc()
@@ -543,9 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, StorageError) as error:
         print(f"vaelab: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("vaelab: error: interrupted (a training run can continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        how = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"vaelab: error: {how} (a training run can continue with --resume)", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # the last line of defence: one line, no traceback
         if debug:
             traceback.print_exc()
