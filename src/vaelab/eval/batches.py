@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
 from vaelab.errors import VaelabError
+from vaelab.memory import HeapTrimmer
 
 
 def evaluation_batches(model: torch.nn.Module, split: Split, batch_size: int, *, desc: str,
@@ -23,8 +24,10 @@ def evaluation_batches(model: torch.nn.Module, split: Split, batch_size: int, *,
     if conditional and split.labels is None:
         raise VaelabError(f"a class-conditional {type(model).__name__} needs labelled data to be evaluated")
     device = getattr(model, "device", torch.device("cpu"))
+    trimmer = HeapTrimmer()  # a long evaluation's resident memory stays bounded (vaelab.memory)
     with tqdm(total=len(split), disable=not progress, desc=desc, leave=False, unit="img") as bar:
         for batch in BatchIterator(split, batch_size, shuffle=False):
             batch = batch.to(device)
             yield batch.x, (batch.label if conditional else None)
             bar.update(len(batch))
+            trimmer.maybe_trim()
