@@ -273,6 +273,15 @@ def test_the_benchmark_config_loads_cleanly():
     assert train.lr == 5e-4 and train.early_stopping == 30 and train.eval_batch_size == 1000
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "benchmarks" / "configs").glob("vae_*.yaml")))
+def test_every_vae_benchmark_config_is_a_valid_config(name):
+    """A typo in a committed config's key would only surface an hour into a reproduction."""
+    configs = apply_overrides(defaults(), load_yaml(REPO / "benchmarks" / "configs" / name))
+    assert (configs["model"].hidden, configs["model"].latent_dim) == ((300, 300), 40)  # the protocol's network
+    init_from = configs["train"].init_from
+    assert init_from is None or (REPO / init_from).is_file()  # a warm start's weights are committed
+
+
 def test_pixel_model_follows_binarize_and_dequantize():
     assert DataConfig(binarize="none").pixel_model == "continuous"
     assert DataConfig(binarize="none", dequantize=True).pixel_model == "dequantize"
