@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 import vaelab
-from tiny_runs import error_lines, read_metrics, same_tensors, train, write_images
-from tiny_runs import read_tensors as read_tensors_of
+from tiny_runs import error_lines, read_metrics, read_tensors, same_tensors, train, write_images
 from vaelab.checkpoint import load_run_config
 from vaelab.cli import main
 from vaelab.eval.likelihood import elbo, importance_weighted_bound
@@ -319,12 +318,12 @@ def test_python_m_vaelab_version_and_a_usage_error():
 
 def test_init_from_starts_from_another_runs_weights(run, data, tmp_path):
     """lr=0 keeps the weights where they start: the source run's with init_from, the seed's without."""
-    source = read_tensors_of(run / "model.safetensors")
+    source = read_tensors(run / "model.safetensors")
     warm, cold = tmp_path / "warm", tmp_path / "cold"
     assert train(warm, data, "--max-steps", "2", "lr=0", f"init_from={run}") == 0
     assert train(cold, data, "--max-steps", "2", "lr=0") == 0
-    assert same_tensors(read_tensors_of(warm / "model.safetensors"), source)
-    assert not same_tensors(read_tensors_of(cold / "model.safetensors"), source)
+    assert same_tensors(read_tensors(warm / "model.safetensors"), source)
+    assert not same_tensors(read_tensors(cold / "model.safetensors"), source)
     assert load_run_config(warm).train.init_from == str(run)  # saved with the run
 
 

@@ -132,16 +132,15 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     _load_state_dict(model, read_tensors(path), path)
 
 
-def load_initial_weights(model: torch.nn.Module, source: str | Path) -> Path:
+def load_initial_weights(model: torch.nn.Module, source: str | Path) -> None:
     """Load train.init_from into a freshly built model: a weights file, or a run directory's final
-    weights. Returns the file read; one VaelabError line when it is missing or does not fit."""
+    weights; one VaelabError line when it is missing or does not fit."""
     path = Path(source)
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise VaelabError(f"init_from: no weights file {path}")
     load_weights(model, path)
-    return path
 
 
 def _load_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -574,9 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaelab: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as interrupt:
-        how = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
-        print(f"vaelab: error: {how} (a training run can continue with --resume)", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else 130
+        terminated = isinstance(interrupt, Terminated)
+        print(f"vaelab: error: {'terminated' if terminated else 'interrupted'} (a training run can continue "
+              "with --resume)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else 130
     except Exception as error:  # the last line of defence: one line, no traceback
         if debug:
             traceback.print_exc()
