@@ -1,13 +1,15 @@
 """The Variational Autoencoder (Kingma & Welling 2013, "Auto-Encoding Variational Bayes", section 3).
 
     q(z|x) = N(mu(x), diag(sigma^2(x)))      encoder
-    p(z)   = N(0, I)                          prior
+    p(z)   = N(0, I)                          prior (or the VampPrior, prior=vamp: vaelab.models.priors)
     p(x|z) = Bernoulli or Gaussian            decoder (the likelihood)
 
 Training maximizes the ELBO, E_q[log p(x|z)] - KL(q(z|x) || p(z)), with the KL in closed form and the
 expectation estimated by `mc_samples` reparameterized draws (eq. 10 of the paper), or the
 importance-weighted bound L_k of Burda et al. (2015, eq. 8) with `objective=iwae`.
 `beta` weights the KL (Higgins et al. 2017); `kl_warmup_steps` ramps it up linearly from 0.
+With the VampPrior the KL has no closed form and is estimated from the same draws of z as the
+reconstruction term, E_q[log q(z|x) - log p(z)] (Tomczak & Welling 2018, eq. 3).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vaelab.distributions import (
     BernoulliLikelihood,
     GaussianLikelihood,
     diag_gaussian_log_prob,
+    diag_gaussian_mixture_log_prob,
     gaussian_kl_standard,
     log_mean_exp,
     reparameterize,
@@ -32,7 +35,9 @@ from vaelab.distributions import (
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel, StandardNormalPrior
 from vaelab.models.blocks import build_decoder, build_encoder
+from vaelab.models.priors import PseudoInputs
 from vaelab.models.training_graph import Node, TrainingGraph
+from vaelab.noise import draw_categorical
 
 
 @dataclass
@@ -52,6 +57,8 @@ class VAEConfig:
     k: int = 5  # importance samples for objective=iwae
     beta: float = 1.0  # weight on the KL term (beta-VAE)
     kl_warmup_steps: int = 0  # linear ramp of the KL weight from 0 to beta over this many steps
+    prior: Literal["standard", "vamp"] = "standard"  # N(0, I), or the VampPrior (Tomczak & Welling 2018)
+    pseudo_inputs: int = 500  # K, the VampPrior's learned pseudo-inputs
 
 
 def build_likelihood(config: VAEConfig) -> BernoulliLikelihood | GaussianLikelihood:
@@ -74,8 +81,8 @@ class VAE(GenerativeModel, StandardNormalPrior):
     def __init__(self, config: VAEConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
         config = self.config
-        if config.latent_dim < 1 or config.mc_samples < 1 or config.k < 1:
-            raise ConfigError("latent_dim, mc_samples and k must be at least 1")
+        if config.latent_dim < 1 or config.mc_samples < 1 or config.k < 1 or config.pseudo_inputs < 1:
+            raise ConfigError("latent_dim, mc_samples, k and pseudo_inputs must be at least 1")
         self.likelihood: BernoulliLikelihood | GaussianLikelihood = build_likelihood(config)
         if config.likelihood == "gaussian" and config.gaussian_mean == "identity":
             self.decoder_output = "mean"
@@ -87,6 +94,11 @@ class VAE(GenerativeModel, StandardNormalPrior):
         self.decoder = build_decoder(config.architecture, config.latent_dim + self.label_features(),
                                      self.image_shape, out_channels, config.hidden, config.activation,
                                      config.channels)
+        self.pseudo_inputs: PseudoInputs | None = None
+        if config.prior == "vamp":
+            if self.label_features():
+                raise ConfigError(f"prior=vamp is for the unconditional VAE, not the {type(self).__name__}")
+            self.pseudo_inputs = PseudoInputs(config.pseudo_inputs, self.image_shape)
 
     @classmethod
     def prefers_binary_pixels(cls, config: VAEConfig) -> bool:
@@ -128,6 +140,41 @@ class VAE(GenerativeModel, StandardNormalPrior):
         decoded = self.decoder(z.reshape(-1, z.shape[-1]))
         return decoded.view(*batch_shape, *decoded.shape[1:])
 
+    # -- the prior: N(0, I) (StandardNormalPrior) or the VampPrior ----------------------------
+
+    def prior_components(self) -> tuple[Tensor, Tensor]:
+        """The VampPrior's components q(z|u_k): means and log-variances (K, D)."""
+        assert self.pseudo_inputs is not None, "prior_components is the VampPrior's"
+        return self.encode(self.pseudo_inputs())
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z): z (..., D) -> (...); the VampPrior's is (1/K) sum_k q(z|u_k) (eq. 9)."""
+        if self.pseudo_inputs is None:
+            return standard_normal_log_prob(z)
+        return diag_gaussian_mixture_log_prob(z, *self.prior_components())
+
+    @torch.no_grad()
+    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """(num_samples, D) draws of z ~ p(z); the VampPrior's pick a pseudo-input uniformly, then z ~ q(z|u_k)."""
+        if self.pseudo_inputs is None:
+            return super().sample_prior(num_samples, generator)
+        means, log_vars = self.prior_components()
+        picked = draw_categorical(torch.full((len(means),), 1.0 / len(means), device=means.device),
+                                  num_samples, generator)
+        return self.reparameterize(means[picked], log_vars[picked], generator=generator)
+
+    def prior_moments(self) -> tuple[Tensor, Tensor] | None:
+        """None for N(0, I); the VampPrior's overall mean m (D,) and the Cholesky factor of its
+        covariance (1/K) sum_k (diag(v_k) + (mu_k - m)(mu_k - m)^T), for samplers that whiten z."""
+        if self.pseudo_inputs is None:
+            return None
+        with torch.no_grad():
+            means, log_vars = (value.double() for value in self.prior_components())
+            mean = means.mean(0)
+            centred = means - mean
+            covariance = torch.diag(log_vars.exp().mean(0)) + centred.T @ centred / len(means)
+            return mean.to(self.reference_tensor()), torch.linalg.cholesky(covariance).to(self.reference_tensor())
+
     # -- densities ----------------------------------------------------------------------------
 
     def log_likelihood(self, x: Tensor, z: Tensor, label: Tensor | None = None) -> Tensor:
@@ -141,7 +188,7 @@ class VAE(GenerativeModel, StandardNormalPrior):
         `posterior` lets a caller that draws many chunks of samples encode x only once."""
         mu, log_var = posterior if posterior is not None else self.encode(x, label)
         z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
-        return (self.log_likelihood(x, z, label) + standard_normal_log_prob(z)
+        return (self.log_likelihood(x, z, label) + self.log_prior(z)
                 - diag_gaussian_log_prob(z, mu, log_var))
 
     def elbo_terms(self, x: Tensor, num_samples: int = 1, generator: torch.Generator | None = None,
@@ -150,7 +197,10 @@ class VAE(GenerativeModel, StandardNormalPrior):
         mu, log_var = self.encode(x, label)
         z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
         reconstruction = self.log_likelihood(x, z, label).mean(0)
-        kl = gaussian_kl_standard(mu, log_var).sum(-1)
+        if self.pseudo_inputs is None:
+            kl = gaussian_kl_standard(mu, log_var).sum(-1)
+        else:  # no closed form: the Monte Carlo estimate from the same draws (eq. 3)
+            kl = (diag_gaussian_log_prob(z, mu, log_var) - self.log_prior(z)).mean(0)
         return {"reconstruction": reconstruction, "kl": kl}
 
     def iw_bound(self, x: Tensor, k: int, generator: torch.Generator | None = None,
@@ -192,8 +242,9 @@ class VAE(GenerativeModel, StandardNormalPrior):
         nodes = [Node("x", "x", "input"), Node("encoder", "encoder\nq(z|x)", "network"),
                  Node("posterior", "mu, log sigma^2", "output"), Node("eps", "eps ~ N(0, I)", "noise")]
         edges = [("x", "encoder"), ("encoder", "posterior"), ("posterior", "z"), ("eps", "z"), ("z", "decoder")]
+        prior = "N(0, I)" if config.prior == "standard" else "VampPrior"
         if config.objective == "elbo":
-            kl = "KL(q(z|x) || N(0, I))" + (f"\nx beta={config.beta:g}" if config.beta != 1 else "")
+            kl = f"KL(q(z|x) || {prior})" + (f"\nx beta={config.beta:g}" if config.beta != 1 else "")
             nodes.append(Node("kl", kl, "cost", highlight=True))
             edges.append(("posterior", "kl"))
         nodes += [Node("z", "z = mu + sigma * eps", "sampled"), Node("decoder", "decoder\np(x|z)", "network")]
@@ -216,7 +267,7 @@ class VAE(GenerativeModel, StandardNormalPrior):
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
                label: int | Tensor | None = None, mean: bool = True, **kwargs: Any) -> Tensor:
-        """z ~ N(0, I), then the decoder alone (for the requested class(es), see sample_labels).
+        """z ~ p(z), then the decoder alone (for the requested class(es), see sample_labels).
         Returns the likelihood's mean (mean=True, the usual picture) or a draw from p(x|z):
         (num_samples, C, H, W) in [0, 1]."""
         labels = self.sample_labels(num_samples, label)  # checked before any draw
