@@ -10,7 +10,8 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from vaelab.data.loader import Batch
 from vaelab.distributions import diag_gaussian_mixture_log_prob, log_mean_exp
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.export import describe_prior
 from vaelab.models.cvae import CVAE, CVAEConfig
 from vaelab.models.vae import VAE, VAEConfig
 
@@ -120,3 +121,8 @@ def test_bad_vamp_configs_are_config_errors():
         vamp_vae(pseudo_inputs=0)
     with pytest.raises(ConfigError, match="unconditional"):
         CVAE(CVAEConfig(hidden=(16,), latent_dim=3, prior="vamp"), IMAGE_SHAPE, num_classes=3)
+
+
+def test_an_exported_decoder_cannot_describe_a_vamp_prior_and_says_so():
+    with pytest.raises(VaelabError, match="neither N"):
+        describe_prior(vamp_vae(), "vae")
