@@ -1,30 +1,29 @@
-"""Make the starting weights of the VampPrior fine-tune (benchmarks/configs/vae_fashion_mnist_vamp_iwae50.yaml).
+"""Make the starting weights of a VampPrior fine-tune from a trained standard-prior VAE run.
 
-A trained VAE's encoder and decoder, plus K pseudo-inputs set to K training images drawn with a
+The run's encoder and decoder, plus K pseudo-inputs set to K training images drawn with a
 seed (Tomczak & Welling 2018 start theirs near-black and learn them from scratch; a warm start
 needs them where the encoder already puts posteriors). Validation images are never picked. It
 prints the validation bound L_k under both priors, the same draws for each, so that the cost of
 swapping the prior is seen before any training.
 
     VAELAB_DATA=../shared/data python benchmarks/vamp_warm_start.py \
-        --weights benchmarks/results/vae_fashion_mnist_iwae50/model.safetensors \
-        --out benchmarks/results/vae_fashion_mnist_vamp_iwae50/init.safetensors
+        --run benchmarks/results/vae_fashion_mnist_iwae50 --out runs/vamp_init.safetensors
+
+The network and the data splits are the run's own (its config.json).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from vaelab.checkpoint import read_tensors, save_weights
-from vaelab.config import DataConfig
+from vaelab.checkpoint import build_model, load, load_run_config, save_weights
 from vaelab.errors import VaelabError
 from vaelab.experiment import load_data, training_splits
-from vaelab.models.vae import VAE, VAEConfig
-
-NETWORK = dict(architecture="mlp", hidden=(300, 300), latent_dim=40, activation="gated", likelihood="bernoulli")
+from vaelab.models.vae import VAE
 
 
 @torch.no_grad()
@@ -36,8 +35,8 @@ def validation_bound(model: VAE, images: torch.Tensor, k: int, seed: int) -> flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True, 
-                        help="a trained standard-prior VAE of the protocol network")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="the run directory of a trained standard-prior VAE (its final weights are used)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--pseudo-inputs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,14 +44,15 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=50)
     args = parser.parse_args()
 
-    data = DataConfig(name="fashion-mnist", binarize="dynamic", val_size=10000)
     try:
-        train, val = training_splits(load_data(data), data)
+        run_config = load_run_config(args.run)
+        standard = load(args.run)
+        train, val = training_splits(load_data(run_config.data), run_config.data)
     except VaelabError as error:
         raise SystemExit(f"vamp_warm_start: {error}") from None
-    standard = VAE(VAEConfig(**NETWORK), train.images.shape[1:])
-    standard.load_state_dict(read_tensors(args.weights))
-    vamp = VAE(VAEConfig(**NETWORK, prior="vamp", pseudo_inputs=args.pseudo_inputs), train.images.shape[1:])
+    vamp_model_config = replace(run_config.model, prior="vamp", pseudo_inputs=args.pseudo_inputs)
+    vamp = build_model(replace(run_config, model=vamp_model_config))
+    assert isinstance(standard, VAE) and isinstance(vamp, VAE), "a VAE run is needed"
     missing, unexpected = vamp.load_state_dict(standard.state_dict(), strict=False)
     assert missing == ["pseudo_inputs.logits"] and not unexpected, (missing, unexpected)
     picked = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(args.seed))[:args.pseudo_inputs]
