@@ -344,6 +344,7 @@ def test_decoder_ais_reports_the_mean_the_stderr_over_examples_and_every_setting
                        "chains_start": "prior"}.items():
         assert settings[key] == value
     assert settings["observation"].startswith("bernoulli") and settings["step_size_adaptation"]["inc"] == 1.02
+    assert settings["per_example"] == pytest.approx(per_example.tolist(), abs=1e-9)  # for paired comparisons
     assert 0 < settings["diagnostics"]["mean_acceptance_rate"] <= 1
 
 

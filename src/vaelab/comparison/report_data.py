@@ -17,6 +17,7 @@ from vaelab.comparison.runner import FIGURES_FILE, GRID
 from vaelab.config import DataConfig, RunConfig
 from vaelab.data.datasets import ImageDataset
 from vaelab.errors import VaelabError
+from vaelab.eval.estimate import paired_difference
 from vaelab.eval.metrics import EvalContext, EvalOptions, evaluate
 
 FIGURES_DIR = "figures"
@@ -90,7 +91,7 @@ def build_summary(plan: Budget, statuses: dict[str, dict[str, Any]], results: di
                      "train": len(dataset.train), "test": len(dataset.test)},
             "budget": plan.name, "seed": seed, "command": command, "protocol": protocol(plan),
             "models": statuses, "columns": columns, "flags": report_flags(results), "figures": [],
-            "notes": notes(statuses)}
+            "notes": notes(statuses) + paired_decoder_ais(statuses, results)}
 
 
 def report_flags(results: dict[str, Any]) -> list[str]:
@@ -133,6 +134,24 @@ def notes(statuses: dict[str, dict[str, Any]]) -> list[str]:
     failed = [name for name, status in statuses.items() if status["status"] != "ok"]
     return [f"{len(failed)} of {len(statuses)} runs failed: {', '.join(failed)}; their errors are in the table."] \
         if failed else []
+
+
+def paired_decoder_ais(statuses: dict[str, dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """A sentence per decoder model against each GAN: the mean difference of their decoder-AIS
+    log p(x) on the same test images, with the stderr of the paired differences (the table's
+    stderrs are the images' spread, which the two models share and the difference cancels)."""
+    gans = [name for name, status in statuses.items() if status.get("model") == "gan"]
+    lines = []
+    for gan in gans:
+        for name, metrics in results.items():
+            if name == gan or "decoder_ais" not in metrics or "decoder_ais" not in results.get(gan, {}):
+                continue
+            paired = paired_difference(metrics["decoder_ais"], results[gan]["decoder_ais"])
+            if paired is not None:
+                count = len(metrics["decoder_ais"]["settings"]["per_example"])
+                lines.append(f"Decoder AIS, {name} minus {gan} on the same {count} test images: "
+                             f"{paired[0]:+.1f} ± {paired[1]:.1f} nats (stderr of the paired differences).")
+    return lines
 
 
 class TrainingImages:

@@ -383,6 +383,11 @@ def _ais_settings(num_steps: int, num_chains: int, leapfrog_steps: int, initial_
                                      "acceptance_slowness": ACCEPTANCE_SLOWNESS}}
 
 
+# Up to this many images, settings["per_example"] keeps each image's log p(x), so that two models
+# scored on the same images can be compared by their paired difference (estimate.paired_difference).
+PER_EXAMPLE_LIMIT = 1000
+
+
 def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int = 16, leapfrog_steps: int = 10,
                 initial_step_size: float = 0.05, target_acceptance: float = 0.65, schedule: str = "sigmoid",
                 batch_size: int = 100, max_rows: int = DEFAULT_MAX_ROWS, observation: str | None = None,
@@ -421,6 +426,8 @@ def decoder_ais(model, split: Split, *, num_steps: int = 1000, num_chains: int =
                     "chain_stderr_of_mean": values["stderr"].pow(2).sum().sqrt().item() / len(split),
                     "mean_ess": values["ess"].mean().item(),
                     "mean_acceptance_rate": values["acceptance_rate"].mean().item()}}
+    if len(split) <= PER_EXAMPLE_LIMIT:  # so two models scored on the same images can be paired
+        settings["per_example"] = values["log_px"].tolist()
     return Estimate(*mean_and_stderr(values["log_px"]), settings)
 
 

@@ -30,6 +30,17 @@ def mean_and_stderr(per_example: Tensor) -> tuple[float, float]:
     return values.mean().item(), stderr
 
 
+def paired_difference(first: dict[str, Any], second: dict[str, Any]) -> tuple[float, float] | None:
+    """(mean, stderr) of first - second over the same examples, from the per-example values two
+    estimates (as dicts, the `eval --json` form) keep in settings["per_example"]; None when either
+    lacks them or they differ in number. Scored on the same images, two models' values share the
+    images' spread, so the paired stderr is far smaller than the two stderrs combined."""
+    values = [estimate.get("settings", {}).get("per_example") for estimate in (first, second)]
+    if values[0] is None or values[1] is None or len(values[0]) != len(values[1]) or len(values[0]) < 2:
+        return None
+    return mean_and_stderr(torch.tensor(values[0], dtype=torch.float64) - torch.tensor(values[1], dtype=torch.float64))
+
+
 @dataclass
 class WeightStatistics:
     """Of K importance weights w_k = exp(log_w_k) per column (AIS runs, chains): each (...)."""
