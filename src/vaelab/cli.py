@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaelab.errors import StorageError, TrainingError, VaelabError
+from vaelab.precision import PRECISIONS
 from vaelab.version import __version__
 
 if TYPE_CHECKING:  # the models import torch: loaded only by the commands that need them
@@ -174,8 +175,8 @@ def _trainer(run_config, run_dir: Path, dataset, splits, world):
 def _announce(model_name: str, dataset, trainer, run_dir: Path) -> None:
     parameters = sum(p.numel() for p in trainer.model.parameters())
     print(f"training {model_name} on {dataset.name} ({len(trainer.train_split)} train / "
-          f"{len(trainer.val_split)} val images, {parameters:,} parameters, {trainer.device}) -> {run_dir}",
-          file=sys.stderr)
+          f"{len(trainer.val_split)} val images, {parameters:,} parameters, {trainer.device}, "
+          f"{trainer.updater.precision}) -> {run_dir}", file=sys.stderr)
 
 
 # -- sample / reconstruct ------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--precision", choices=["fp32", "bf16"])
+    train.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 autocast, or auto: bf16 where it is native")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
 
 
@@ -445,12 +446,14 @@ def _add_eval_ais_arguments(evaluate) -> None:
                           help="AIS intermediate distributions (default: RBM 14500, decoder 1000)")
     evaluate.add_argument("--sigma", type=float, help="decoder AIS: std of the Gaussian observation model of a GAN "
                           "or an MSE autoencoder (default: chosen on the validation split)")
-    evaluate.add_argument("--iw-precision", choices=("fp32", "bf16"), default="fp32",
-                          help="L_k: bf16 runs the decoder's matmuls in bf16 (faster; an approximation of L_k "
-                               "whose distance from fp32 benchmarks/eval_speed.py measures)")
-    evaluate.add_argument("--ais-gradients", choices=("fp32", "bf16"), default="fp32",
-                          help="decoder AIS: precision of the leapfrog gradients; bf16 is faster and still exact "
-                               "(the accept step and the weights use fp32 energies)")
+    evaluate.add_argument("--iw-precision", choices=PRECISIONS, default="fp32",
+                          help="L_k: bf16 runs the decoder's matmuls in bf16 (faster where bf16 is native; an "
+                               "approximation of L_k whose distance from fp32 benchmarks/eval_speed.py measures); "
+                               "auto: bf16 only where native")
+    evaluate.add_argument("--ais-gradients", choices=PRECISIONS, default="fp32",
+                          help="decoder AIS: precision of the leapfrog gradients; bf16 is still exact (the accept "
+                               "step and the weights use fp32 energies) and faster where bf16 is native; auto: bf16 "
+                               "only where native")
 
 
 def _add_graph_parser(commands) -> None:

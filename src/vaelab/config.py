@@ -73,7 +73,7 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every this many steps; 0: only at epoch ends
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where native (vaelab.precision)
     eval_batch_size: int = 500
     tensorboard: bool = True
     # Start from these weights instead of a random init (a fine-tune, e.g. an IWAE objective on a

@@ -10,6 +10,7 @@ import torch
 
 from vaelab.config import TrainConfig
 from vaelab.errors import ConfigError
+from vaelab.precision import PRECISIONS, resolve_precision
 
 # Adam, AdamW and SGD run fused (one kernel over all parameters, on CPU as on CUDA): the
 # per-parameter loop of the default implementation was a third of a small VAE's training step on
@@ -79,11 +80,11 @@ class Updater:
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float = 0.0,
                  precision: str = "fp32", device_type: str = "cpu"):
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.optimizers = optimizers
         self.grad_clip = grad_clip
-        self.precision = precision
+        self.precision = resolve_precision(precision, device_type)  # "auto" -> bf16 only where it is native
         self.device_type = device_type
         self.replicated: torch.nn.Module | None = None  # DistributedDataParallel over the model's loss
 

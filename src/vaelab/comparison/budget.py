@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from vaelab.errors import ConfigError
+from vaelab.precision import PRECISIONS
 from vaelab.registry import MODELS
 
 BUDGETS = ("quick", "standard", "full")
@@ -27,7 +28,7 @@ class EvalBudget:
     decoder_ais_images: int = 50
     decoder_ais_steps: int = 300
     decoder_ais_chains: int = 16
-    decoder_ais_gradients: str = "fp32"  # the leapfrog gradients' precision: fp32 or bf16 (exact either way)
+    decoder_ais_gradients: str = "fp32"  # the leapfrog gradients' precision: fp32, bf16 or auto (exact in each)
     rbm_ais_runs: int = 100
     rbm_ais_steps: int = 14500
 
@@ -89,6 +90,9 @@ def load_budget(name: str) -> Budget:
     known = {field.name for field in fields(EvalBudget)}
     if set(evaluation) - known:
         raise ConfigError(f"budget {name}: unknown eval keys {sorted(set(evaluation) - known)}")
+    if evaluation.get("decoder_ais_gradients", "fp32") not in PRECISIONS:
+        raise ConfigError(f"budget {name}: decoder_ais_gradients must be one of {', '.join(PRECISIONS)}, "
+                          f"got {evaluation['decoder_ais_gradients']!r}")
     runs = {run_name: _run_spec(name, run_name, entry) for run_name, entry in values["models"].items()}
     start_first = values.get("start_first") or []
     if not isinstance(start_first, list) or set(start_first) - set(runs):

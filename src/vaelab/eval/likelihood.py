@@ -23,6 +23,7 @@ from vaelab.errors import VaelabError
 from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, mean_and_stderr
 from vaelab.models.capabilities import VariationalPosterior, require
+from vaelab.precision import autocast_dtype, resolve_precision
 
 # Decoder rows per chunk: ~26 MB of logits at 784 pixels; larger chunks ran slower (benchmarks/eval_speed.py).
 DEFAULT_MAX_ROWS = 8192
@@ -71,16 +72,6 @@ def elbo(model, split: Split, *, num_samples: int = 1, batch_size: int = 500, se
             "kl": Estimate(*mean_and_stderr(kl), dict(settings))}
 
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # an estimator's precision -> its autocast dtype
-
-
-def autocast_dtype(precision: str, name: str = "precision") -> torch.dtype | None:
-    """The autocast dtype of an estimator's `precision` option (None for fp32: no autocast)."""
-    if precision not in AUTOCAST_DTYPES:
-        raise VaelabError(f"{name} must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
-    return AUTOCAST_DTYPES[precision]
-
-
 @torch.no_grad()
 def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: torch.Generator,
                                           max_rows: int = DEFAULT_MAX_ROWS, label: Tensor | None = None,
@@ -88,12 +79,13 @@ def importance_weighted_bound_per_example(model, x: Tensor, k: int, generator: t
     """L_k for each example of x (B, C, H, W) -> (B,), drawing the k samples in chunks; `label`
     (B,) goes to a class-conditional model's densities.
 
-    precision "bf16": the decoder's matmuls run under bf16 autocast. The encoder, the samples z and
+    precision "bf16" (or "auto" where bf16 is native, vaelab.precision): the decoder's matmuls run
+    under bf16 autocast. The encoder, the samples z and
     both latent densities stay in fp32, and the likelihood's sums in fp32, so the result is exactly
     L_k of the model whose decoder is computed in bf16 (a Bernoulli with slightly rounded logits is
     still a distribution over x), not of the model itself: how far the two lie apart has to be
     measured (benchmarks/eval_speed.py)."""
-    dtype = autocast_dtype(precision)
+    dtype = autocast_dtype(precision, x.device.type, "iw_precision")
     posterior = model.encode(x, label=label)  # outside the autocast: q(z|x) is the proposal, exactly
     with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return _bound_over_chunks(model, x, k, generator, max_rows, label, posterior)
@@ -120,6 +112,7 @@ def importance_weighted_bound(model, split: Split, *, k: int = 5000, batch_size:
     bound_of). The batch size defaults so that one chunk of samples covers a batch at small k and
     a handful of examples at large k."""
     require(model, VariationalPosterior, "iw")
+    precision = resolve_precision(precision, model.device.type, "iw_precision")  # settings say what ran
     world = current_world()  # under torchrun each process takes a share of the images
     generator = process_generator(torch.Generator(model.device).manual_seed(seed), world)
     batch_size = batch_size or max(1, min(500, max_rows // min(k, max_rows)))

@@ -46,8 +46,8 @@ class EvalOptions:
     continuous: bool = False
     observation: str | None = None
     convergence_check: bool = False  # AIS estimates are also made with half the steps
-    iw_precision: str = "fp32"  # L_k's matmuls: fp32, or bf16 autocast (an approximation: measure it)
-    ais_gradients: str = "fp32"  # decoder AIS: precision of the leapfrog gradients (fp32 or bf16; exact either way)
+    iw_precision: str = "fp32"  # L_k's matmuls: fp32, bf16 autocast (an approximation: measure it) or auto
+    ais_gradients: str = "fp32"  # decoder AIS: the leapfrog gradients' precision (fp32, bf16 or auto; exact in each)
 
 
 @dataclass
