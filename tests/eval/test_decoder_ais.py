@@ -358,6 +358,25 @@ def test_choose_sigma_finds_the_noise_the_data_was_made_with(method):
     assert estimates[0.1].settings["method"] == method and estimates[0.1].settings["sigma"] == 0.1
 
 
+def test_a_short_screen_prefers_too_large_a_sigma_and_the_refinement_corrects_it():
+    """One AIS step is prior importance sampling, whose gap grows as sigma shrinks: it ranks the
+    data's own sigma (0.1) below 0.3. Scoring the screen's two best again with 100 steps finds 0.1."""
+    model = make_gan(latent_dim=2, seed=3)
+    x = gan_data(model, 20, sigma=0.1, seed=4)
+    options = dict(sigmas=(0.03, 0.1, 0.3), num_examples=20, num_steps=1, num_chains=4, leapfrog_steps=3)
+    screened, screen = choose_sigma(model, Split(x), **options)
+    assert screened == 0.3, {s: e.value for s, e in screen.items()}
+    best, refined = choose_sigma(model, Split(x), refine_steps=100, **options)
+    assert best == 0.1, {s: e.value for s, e in refined.items()}
+    assert {s for s, e in refined.items() if "screen" in e.settings} == {0.1, 0.3}  # the screen's best two
+    for sigma in (0.1, 0.3):
+        assert refined[sigma].settings["num_steps"] == 100
+        assert refined[sigma].settings["screen"]["value"] == screen[sigma].value
+        assert refined[sigma].value > screen[sigma].value  # a longer AIS closes the bound's gap
+    assert "screen" not in refined[0.03].settings  # not refined: the screen's own estimate
+    assert refined[0.03].value == screen[0.03].value
+
+
 def test_observation_models_and_their_errors():
     unit = GaussianLikelihood(fixed_std=1.0, sigmoid_mean=False)
     assert unit.log_prob(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 1, 2)).item() == pytest.approx(

@@ -129,12 +129,18 @@ def _run_all(plan: Budget, out: Path, data: str, data_dir: str | None, seed: int
         return {name: futures[name].result() for name in plan.runs}
 
 
+def _say(line: str) -> None:
+    """One progress line on stderr in a single write: print() writes the text and its newline
+    separately, so the lines of two runs starting together would run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: str | None, seed: int,
          dataset) -> dict[str, Any]:
     """Train and score one run in a child process; its status, error and peak memory."""
     job = runner.Job(plan.runs[name], out / "runs" / name, data, data_dir, seed, plan.eval)
-    print(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}",
-          file=sys.stderr, flush=True)
+    _say(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}")
     started = time.perf_counter()
     status, child_maxrss_kib = _in_child(job)
     error = None if status == 0 else _read_error(job.run_dir, status)
@@ -143,8 +149,8 @@ def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: st
     if peak_kib is None:  # no /proc: ru_maxrss, which Linux carries over from this process (an upper bound)
         peak_kib = child_maxrss_kib
         how = "ru_maxrss of the run's child process (an upper bound: it can include the parent's)"
-    print(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
-          f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    _say(f"[{index}/{len(plan.runs)}] {name}: {'done' if error is None else 'FAILED: ' + error} "
+         f"({time.perf_counter() - started:.0f} s)")
     return {"status": "ok" if error is None else "failed", "error": error, "peak_memory_mb": peak_kib / 1024,
             "peak_memory_measured": how,
             "run_dir": str(job.run_dir.relative_to(out)), "model": job.spec.model,

@@ -456,13 +456,21 @@ def prior_importance_log_likelihood(latent_model: LatentModel, x: Tensor, num_sa
 
 def choose_sigma(model, validation: Split, sigmas: Sequence[float] = DEFAULT_SIGMAS, *, num_examples: int = 20,
                  method: str = "ais", num_steps: int = 200, num_chains: int = 4, num_samples: int = 1000,
-                 observation: str = "gaussian", seed: int = 0, **ais_options) -> tuple[float, dict[float, Estimate]]:
+                 observation: str = "gaussian", seed: int = 0, refine_steps: int | None = None, refine_top: int = 2,
+                 **ais_options) -> tuple[float, dict[float, Estimate]]:
     """Pick the Gaussian observation noise sigma of a GAN (or an mse AE) from a grid, as Wu et al.
     did on validation data: the sigma with the highest mean log p(x) on the first `num_examples`
     validation images. method="ais": decoder_ais with num_steps / num_chains (cheap settings;
     the same seed for every sigma, so the comparison shares its randomness); method="is": the
     prior-importance-sampling estimate with num_samples draws, much cheaper and much looser.
-    Returns (best sigma, {sigma: Estimate}); every Estimate's settings records the method."""
+
+    refine_steps: the `refine_top` best sigmas of that screen are scored again by decoder_ais with
+    refine_steps steps, and the best of those is chosen. A short AIS is a lower bound whose gap
+    grows as sigma shrinks (the posterior it must anneal to gets narrower), so a screen alone
+    prefers too large a sigma for a model that anneals slowly: the standard comparison's DCGAN
+    scored 310.6 at sigma 0.1 and 320.7 at 0.2 with 100 steps, and 736.0 against 408.6 on the test
+    images with 500. Returns (best sigma, {sigma: Estimate}), the refined Estimates where there are
+    any; every Estimate's settings record the method and, when refined, the screen's value."""
     if not sigmas:
         raise VaelabError("choose_sigma needs at least one sigma")
     subset = validation.subset(torch.arange(min(num_examples, len(validation))))
@@ -477,7 +485,16 @@ def choose_sigma(model, validation: Split, sigmas: Sequence[float] = DEFAULT_SIG
             raise VaelabError(f"method must be 'ais' or 'is', got {method!r}")
         estimate.settings["method"] = method
         estimates[float(sigma)] = estimate
-    best = max(estimates, key=lambda s: estimates[s].value)
+    if refine_steps is not None and refine_steps > num_steps:
+        for sigma in sorted(estimates, key=lambda s: estimates[s].value, reverse=True)[:refine_top]:
+            refined = decoder_ais(model, subset, num_steps=refine_steps, num_chains=num_chains,
+                                  observation=observation, sigma=sigma, seed=seed, **ais_options)
+            refined.settings.update(method="ais", screen={"method": method, "value": estimates[sigma].value})
+            estimates[sigma] = refined
+        candidates = [s for s in estimates if "screen" in estimates[s].settings]
+    else:
+        candidates = list(estimates)
+    best = max(candidates, key=lambda s: estimates[s].value)
     return best, estimates
 
 
