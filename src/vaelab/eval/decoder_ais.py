@@ -25,11 +25,12 @@ All examples x chains run as one (K, B, D) tensor; examples are processed in chu
 Optionally (gradient_precision="bf16") the leapfrog gradients come from the decoder under bf16
 autocast, about 2.6 times faster for the comparison's DCGAN on a CPU with AVX-512 BF16 (16 times
 slower on one without, where bf16 is emulated: "auto" picks bf16 only where it is native,
-vaelab.precision), while the energies of the accept step and the AIS weights stay in the model's own precision. The estimate stays exact: a
-leapfrog trajectory driven by any gradient field that depends on z alone is still reversible and
-volume-preserving (each half step is a shear), so the Metropolis test on the exact energy keeps
-p(z) p(x|z)^beta invariant (the argument of Neal 2011, "MCMC using Hamiltonian dynamics", section 3.1,
-which uses only that the force depends on z alone). Only the acceptance rate can suffer.
+vaelab.precision), while the energies of the accept step and the AIS weights stay in the model's own
+precision. The estimate stays exact: a leapfrog trajectory driven by any gradient field that depends
+on z alone is still reversible and volume-preserving (each half step is a shear), so the Metropolis
+test on the exact energy keeps p(z) p(x|z)^beta invariant (the argument of Neal 2011, "MCMC using
+Hamiltonian dynamics", section 3.1, which uses only that the force depends on z alone). Only the
+acceptance rate can suffer.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from torch import Tensor
 from vaelab.data.datasets import Split
 from vaelab.distributed import current_world, gather_rows, local_split, process_generator
 from vaelab.distributions import Likelihood
-from vaelab.errors import VaelabError
 from vaelab.eval.batches import evaluation_batches
 from vaelab.eval.estimate import Estimate, mean_and_stderr
 from vaelab.models.capabilities import VariationalPosterior, require
