@@ -10,7 +10,7 @@ import torch
 
 from vaelab.config import TrainConfig
 from vaelab.errors import ConfigError
-from vaelab.precision import PRECISIONS, resolve_precision
+from vaelab.precision import resolve_precision
 
 # Adam, AdamW and SGD run fused (one kernel over all parameters, on CPU as on CUDA): the
 # per-parameter loop of the default implementation was a third of a small VAE's training step on
@@ -80,8 +80,6 @@ class Updater:
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float = 0.0,
                  precision: str = "fp32", device_type: str = "cpu"):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.optimizers = optimizers
         self.grad_clip = grad_clip
         self.precision = resolve_precision(precision, device_type)  # "auto" -> bf16 only where it is native

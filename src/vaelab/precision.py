@@ -22,7 +22,7 @@ import functools
 import warnings
 from typing import TYPE_CHECKING
 
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI can import PRECISIONS cheaply
     import torch
@@ -42,11 +42,16 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+def check_precision(precision: str, name: str = "precision") -> None:
+    """A ConfigError naming the option `name` unless precision is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def resolve_precision(precision: str, device_type: str, name: str = "precision") -> str:
     """"fp32" or "bf16": what `precision` (one of PRECISIONS) runs as on `device_type`. "auto" follows
     native_bf16; an explicit "bf16" without native support is kept, with a warning that it is slow."""
-    if precision not in PRECISIONS:
-        raise VaelabError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, name)
     if precision == "auto":
         return "bf16" if native_bf16(device_type) else "fp32"
     if precision == "bf16" and not native_bf16(device_type):

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from vaelab.errors import ConfigError
-from vaelab.precision import PRECISIONS
+from vaelab.precision import check_precision
 from vaelab.registry import MODELS
 
 BUDGETS = ("quick", "standard", "full")
@@ -90,9 +90,7 @@ def load_budget(name: str) -> Budget:
     known = {field.name for field in fields(EvalBudget)}
     if set(evaluation) - known:
         raise ConfigError(f"budget {name}: unknown eval keys {sorted(set(evaluation) - known)}")
-    if evaluation.get("decoder_ais_gradients", "fp32") not in PRECISIONS:
-        raise ConfigError(f"budget {name}: decoder_ais_gradients must be one of {', '.join(PRECISIONS)}, "
-                          f"got {evaluation['decoder_ais_gradients']!r}")
+    check_precision(evaluation.get("decoder_ais_gradients", "fp32"), f"budget {name}: decoder_ais_gradients")
     runs = {run_name: _run_spec(name, run_name, entry) for run_name, entry in values["models"].items()}
     start_first = values.get("start_first") or []
     if not isinstance(start_first, list) or set(start_first) - set(runs):

@@ -138,13 +138,13 @@ def _decoder_ais(ctx: EvalContext) -> dict[str, Estimate]:
         sigma, candidates = choose_sigma(model, ctx.scored("val"), num_examples=10, num_steps=min(100, steps),
                                          refine_steps=steps, seed=o.seed, gradient_precision=o.ais_gradients)
         sigma_table = {str(s): estimate.value for s, estimate in candidates.items()}
-        sigma_refined = {str(s): estimate.settings["screen"]["value"] for s, estimate in candidates.items()
+        sigma_screen = {str(s): estimate.settings["screen"]["value"] for s, estimate in candidates.items()
                          if "screen" in estimate.settings}
     estimate = _decoder_ais_at(ctx, steps, sigma, o.seed)
     if sigma_table is not None:
         # mean log p(x) of 10 val images per sigma: a 100-step screen, then the best two at the estimate's steps
         estimate.settings["sigma_chosen_on_validation"] = sigma_table
-        estimate.settings["sigma_screen_values"] = sigma_refined  # the screen's values of the two refined sigmas
+        estimate.settings["sigma_screen_values"] = sigma_screen  # the screen's values of the two refined sigmas
     if o.convergence_check:
         add_convergence_check(estimate, _decoder_ais_at(ctx, max(1, steps // 2), sigma, o.seed + 1))
     name = "decoder_ais" if is_log_likelihood(estimate.settings["bound_of"]) else "decoder_ais_cross_entropy"
