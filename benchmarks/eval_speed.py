@@ -40,6 +40,21 @@ def matmul_rate(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype) ->
     return forward_flops(shapes, rows) / best_matmul_seconds(shapes, rows, dtype, repeats=5, inner=3)
 
 
+def time_bound(model, split, k: int, max_rows: int, precision: str, compiled: bool) -> dict:
+    """One timed L_k over the split; a compiled run first compiles on the first image (timed apart)."""
+    compile_seconds = 0.0
+    if compiled:
+        torch._dynamo.reset()  # each compiled run pays its own compile, not an earlier run's
+        started = time.perf_counter()
+        importance_weighted_bound(model, split.subset(slice(0, 1)), k=k, max_rows=max_rows, precision=precision,
+                                  compile=True)
+        compile_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    estimate = importance_weighted_bound(model, split, k=k, max_rows=max_rows, precision=precision, compile=compiled)
+    return {"compiled": estimate.settings["compiled"], "seconds": time.perf_counter() - started,
+            "compile_seconds": compile_seconds, "value": estimate.value, "stderr": estimate.stderr}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -48,12 +63,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--max-rows", type=int, nargs="+", default=[8192], help="decoder rows per chunk to try")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each precision with log p(x|z) compiled (vaelab eval --iw-compile); its "
+                             "compile is timed apart, on one image, before the timed run")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "final", "last"],
+                        help="which weights (default best; the committed benchmarks/results/ runs hold final only)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = vaelab.load(args.run_dir, checkpoint="best")
+    model = vaelab.load(args.run_dir, checkpoint=args.checkpoint)
     run_config = load_run_config(args.run_dir)
     split = evaluation_split(load_data(run_config.data), run_config.data, "test")
     if args.limit:
@@ -71,18 +91,20 @@ def main() -> None:
               f"bf16 {flops / rates['bf16']:.1f} s")
         values = {}
         for precision in args.precision:
-            started = time.perf_counter()
-            estimate = importance_weighted_bound(model, split, k=args.k, max_rows=max_rows, precision=precision)
-            seconds = time.perf_counter() - started
-            limit = flops / rates[precision]
-            values[precision] = estimate.value
-            print(f"  {precision}: {seconds:.1f} s ({seconds / len(split) * 10000:.0f} s per 10,000 images), "
-                  f"{seconds / limit:.2f} x its limit, L_{args.k} = {estimate.value:.3f} +- {estimate.stderr:.3f}")
-            figures["runs"].append({"max_rows": max_rows, "precision": precision, "seconds": seconds,
-                                    "limit_seconds": limit, "value": estimate.value, "stderr": estimate.stderr,
-                                    "matmul_gflops": rates[precision] / 1e9})
-        if {"fp32", "bf16"} <= set(values):
-            print(f"  bf16 - fp32 = {values['bf16'] - values['fp32']:+.4f} nats (the same seed: the same z)")
+            for compiled in (False, True) if args.compile else (False,):
+                name = f"{precision}{' compiled' if compiled else ''}"
+                run = time_bound(model, split, args.k, max_rows, precision, compiled)
+                run.update(max_rows=max_rows, precision=precision, limit_seconds=flops / rates[precision],
+                           matmul_gflops=rates[precision] / 1e9)
+                values[name] = run["value"]
+                compile_note = f" (+{run['compile_seconds']:.1f} s compiling, untimed)" if compiled else ""
+                print(f"  {name}: {run['seconds']:.1f} s ({run['seconds'] / len(split) * 10000:.0f} s per 10,000 "
+                      f"images){compile_note}, {run['seconds'] / run['limit_seconds']:.2f} x its limit, "
+                      f"L_{args.k} = {run['value']:.4f} +- {run['stderr']:.3f}")
+                figures["runs"].append(run)
+        for name, value in values.items():
+            if name != "fp32" and "fp32" in values:
+                print(f"  {name} - fp32 = {value - values['fp32']:+.4f} nats (the same seed: the same z)")
     if args.json:
         atomic_write_json(args.json, figures)
     print(json.dumps(figures))

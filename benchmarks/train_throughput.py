@@ -157,6 +157,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--compile", action="store_true",
                         help="also time vaelab fp32 with the loss compiled by torch.compile (its first epoch compiles)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip (c): on a CPU without native bf16 (vaelab.precision.native_bf16) PyTorch "
+                             "emulates it and its epoch takes many times fp32's")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -170,6 +173,8 @@ def main() -> int:
     methods = {"examples": lambda seed: train_examples(train_uint8, seed),
                "vaelab fp32": lambda seed: train_vaelab(train_split, val_split, "fp32", seed),
                "vaelab bf16": lambda seed: train_vaelab(train_split, val_split, "bf16", seed)}
+    if args.no_bf16:
+        del methods["vaelab bf16"]
     if args.compile:
         methods["vaelab compiled"] = lambda seed: train_vaelab(train_split, val_split, "fp32", seed, compiled=True)
     elbo = {name: examples_elbo if name == "examples" else vaelab_elbo for name in methods}

@@ -79,3 +79,14 @@ def test_graph_highlights_the_kl_only_in_the_vae_family():
 def test_graph_rejects_a_bad_extension(tmp_path, capsys):
     assert main(["graph", "vae", "--out", str(tmp_path / "g.pdf")]) == 2
     assert len(error_lines(capsys.readouterr().err)) == 1
+
+
+@pytest.mark.parametrize("name", ["vae", "cvae"])
+def test_iw_compile_gives_the_eager_bound_and_says_so(name, runs, tmp_path):
+    figures = {}
+    for flag in ([], ["--iw-compile"]):
+        out = tmp_path / f"eval{len(flag)}.json"
+        assert main(["eval", str(runs / name), "--metrics", "iw", *FAST, *flag, "--json", str(out)]) == 0
+        figures[bool(flag)] = json.loads(out.read_text())["iw_bound"]
+    assert figures[True]["settings"]["compiled"] is True and figures[False]["settings"]["compiled"] is False
+    assert figures[True]["value"] == pytest.approx(figures[False]["value"], abs=1e-4)  # the same seed: the same z

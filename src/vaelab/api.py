@@ -22,7 +22,7 @@ def evaluate(run_or_model: Any, metrics: Sequence[str], *, split: str = "test", 
     together with `run_config` (its data config says which pixel model the data gets) and, optionally,
     `dataset` (else loaded from run_config.data). options: the fields of EvalOptions (k, seed,
     limit, num_samples, ais_runs, ais_steps, sigma, continuous, observation, convergence_check,
-    ais_gradients, iw_precision)."""
+    ais_gradients, iw_precision, iw_compile)."""
     from vaelab.checkpoint import load, load_run_config
     from vaelab.eval.metrics import EvalContext, EvalOptions
     from vaelab.eval.metrics import evaluate as run_metrics

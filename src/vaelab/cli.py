@@ -288,7 +288,7 @@ def cmd_eval(args) -> int:
     options = EvalOptions(k=args.k, seed=args.seed, progress=sys.stderr.isatty(), limit=args.limit,
                           num_samples=args.samples, ais_runs=args.ais_runs, ais_steps=args.ais_steps,
                           sigma=args.sigma, ais_gradients=args.ais_gradients,
-                          iw_precision=args.iw_precision)
+                          iw_precision=args.iw_precision, iw_compile=args.iw_compile)
     world = join_world(model.device.type)  # torchrun: L_k and AIS share the images out; one process writes
     ctx = EvalContext(model, run_config, load_data(run_config.data), args.split, options)
     results = {name: estimate.to_dict() for name, estimate in evaluate(ctx, names).items()}
@@ -450,6 +450,9 @@ def _add_eval_ais_arguments(evaluate) -> None:
                           help="L_k: bf16 runs the decoder's matmuls in bf16 (faster where bf16 is native; an "
                                "approximation of L_k whose distance from fp32 benchmarks/eval_speed.py measures); "
                                "auto: bf16 only where native")
+    evaluate.add_argument("--iw-compile", action="store_true",
+                          help="L_k: run log p(x|z) through torch.compile (falls back to eager if compiling fails); "
+                               "pays at large k, e.g. L_5000 of the test set (docs/performance.md)")
     evaluate.add_argument("--ais-gradients", choices=PRECISIONS, default="fp32",
                           help="decoder AIS: precision of the leapfrog gradients; bf16 is still exact (the accept "
                                "step and the weights use fp32 energies) and faster where bf16 is native; auto: bf16 "

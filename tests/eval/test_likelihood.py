@@ -1,8 +1,10 @@
 """The ELBO and the importance-weighted bound L_k against the exact log p(x) of a linear-Gaussian VAE."""
 
 import pytest
+import torch
 
 from linear_gaussian import exact_log_prob, make_linear_gaussian_vae, sample_data
+from vaelab.compiled import CompiledWithFallback
 from vaelab.data.datasets import Split
 from vaelab.errors import VaelabError
 from vaelab.eval.likelihood import elbo, importance_weighted_bound
@@ -79,3 +81,40 @@ def test_bf16_decoder_rounds_the_bound_but_keeps_the_proposal_exact():
     assert bf16.value == pytest.approx(exact, abs=0.05)
     with pytest.raises(VaelabError, match="precision must be one of fp32, bf16"):
         importance_weighted_bound(model, _split(x), k=10, precision="fp16")
+
+
+def test_compiled_log_likelihood_gives_the_same_exact_bound():
+    """compile=True runs log p(x|z) through torch.compile: with the exact posterior L_k is still
+    exactly log p(x), and with the same seed it is the eager estimate to float rounding."""
+    model = make_linear_gaussian_vae(exact_posterior=False, perturbation=0.4)
+    x = sample_data(model, 40)
+    eager = importance_weighted_bound(model, _split(x), k=64, seed=3)
+    compiled = importance_weighted_bound(model, _split(x), k=64, seed=3, compile=True)
+    assert compiled.settings["compiled"] is True and eager.settings["compiled"] is False
+    assert compiled.value == pytest.approx(eager.value, abs=1e-4)
+    exact_model = make_linear_gaussian_vae(exact_posterior=True)
+    exact = exact_log_prob(exact_model, x).mean().item()
+    assert importance_weighted_bound(exact_model, _split(x), k=16, compile=True).value == pytest.approx(exact, abs=1e-4)
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(function, **_):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = make_linear_gaussian_vae(exact_posterior=False, perturbation=0.4)
+    x = sample_data(model, 20)
+    eager = importance_weighted_bound(model, _split(x), k=30, seed=1, batch_size=5)
+    with pytest.warns(RuntimeWarning, match="torch.compile of log p\\(x\\|z\\) failed \\(InvalidCxxCompiler") as caught:
+        fallback = importance_weighted_bound(model, _split(x), k=30, seed=1, batch_size=5, compile=True)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1  # once, not per batch
+    assert fallback.value == eager.value and fallback.settings["compiled"] is False
+
+
+def test_the_fallback_still_raises_what_eager_raises(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda function, **_: function)
+    wrapped = CompiledWithFallback(lambda a, b: a @ b, "a product")
+    with pytest.raises(RuntimeError, match="cannot be multiplied"), pytest.warns(RuntimeWarning, match="a product"):
+        wrapped(torch.ones(2, 3), torch.ones(2, 3))

@@ -47,6 +47,7 @@ class EvalOptions:
     observation: str | None = None
     convergence_check: bool = False  # AIS estimates are also made with half the steps
     iw_precision: str = "fp32"  # L_k's matmuls: fp32, bf16 autocast (an approximation: measure it) or auto
+    iw_compile: bool = False  # L_k's log p(x|z) through torch.compile (eager fallback): pays at large k
     ais_gradients: str = "fp32"  # decoder AIS: the leapfrog gradients' precision (fp32, bf16 or auto; exact in each)
 
 
@@ -93,7 +94,7 @@ def _elbo(ctx: EvalContext) -> dict[str, Estimate]:
 def _iw(ctx: EvalContext) -> dict[str, Estimate]:
     o = ctx.options
     estimate = importance_weighted_bound(ctx.model, ctx.split, k=o.k, seed=o.seed, progress=o.progress,
-                                         precision=o.iw_precision)
+                                         precision=o.iw_precision, compile=o.iw_compile)
     return {"iw_bound" if is_log_likelihood(estimate.settings["bound_of"]) else "iw_cross_entropy": estimate}
 
 

@@ -21,6 +21,7 @@ unconditional model), and every draw comes from the `generator` it is given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -42,8 +43,10 @@ class VariationalPosterior(Protocol):
         """{"reconstruction": E_q log p(x|z) (B,), "kl": KL(q(z|x) || p(z)) (B,)}."""
 
     def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
-                    posterior: tuple[Tensor, Tensor] | None = None, label: Tensor | None = None) -> Tensor:
-        """log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): (num_samples, B)."""
+                    posterior: tuple[Tensor, Tensor] | None = None, label: Tensor | None = None,
+                    log_likelihood: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None) -> Tensor:
+        """log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): (num_samples, B); log p(x|z) through
+        `log_likelihood` when given (a compiled version of the model's own)."""
 
 
 @runtime_checkable

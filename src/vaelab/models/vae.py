@@ -14,7 +14,7 @@ reconstruction term, E_q[log q(z|x) - log p(z)] (Tomczak & Welling 2018, eq. 3).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -182,13 +182,16 @@ class VAE(GenerativeModel, StandardNormalPrior):
         return self.likelihood.log_prob(x, self.decode(z, label))
 
     def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
-                    posterior: tuple[Tensor, Tensor] | None = None, label: Tensor | None = None) -> Tensor:
+                    posterior: tuple[Tensor, Tensor] | None = None, label: Tensor | None = None,
+                    log_likelihood: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None) -> Tensor:
         """Importance log-weights log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): (S, B).
 
-        `posterior` lets a caller that draws many chunks of samples encode x only once."""
+        `posterior` lets a caller that draws many chunks of samples encode x only once;
+        `log_likelihood` (default self.log_likelihood) lets it pass a compiled one (vaelab.compiled)."""
         mu, log_var = posterior if posterior is not None else self.encode(x, label)
         z = self.reparameterize(mu, log_var, num_samples, generator)  # (S, B, D)
-        return (self.log_likelihood(x, z, label) + self.log_prior(z)
+        log_likelihood = log_likelihood or self.log_likelihood
+        return (log_likelihood(x, z, label) + self.log_prior(z)
                 - diag_gaussian_log_prob(z, mu, log_var))
 
     def elbo_terms(self, x: Tensor, num_samples: int = 1, generator: torch.Generator | None = None,
