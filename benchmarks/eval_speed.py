@@ -60,6 +60,18 @@ def time_bound(model, split, k: int, max_rows: int, precision: str, compiled: bo
             "value": estimate.value, "stderr": estimate.stderr}
 
 
+def profile_bound(model, split, k: int, precision: str, compile: bool) -> None:
+    """torch.profiler's table (ops by self time) of one L_k over the split, eager and compiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for compiled in (False, True) if compile else (False,):
+        importance_weighted_bound(model, split.subset(slice(0, 1)), k=k, precision=precision, compile=compiled)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            importance_weighted_bound(model, split, k=k, precision=precision, compile=compiled)
+        print(f"{precision}{' compiled' if compiled else ''}, {len(split)} images, k={k}:")
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -72,6 +84,9 @@ def main() -> None:
                         help="also time each precision with log p(x|z) compiled (vaelab eval --iw-compile); its "
                              "compile is timed apart, on one image, before the timed runs")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each variant, alternating")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="instead of timing, print torch.profiler's table of L_k on the first N images, "
+                             "eager and (with --compile) compiled")
     parser.add_argument("--checkpoint", default="best", choices=["best", "final", "last"],
                         help="which weights (default best; the committed benchmarks/results/ runs hold final only)")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -84,6 +99,9 @@ def main() -> None:
     split = evaluation_split(load_data(run_config.data), run_config.data, "test")
     if args.limit:
         split = split.subset(slice(0, args.limit))
+    if args.profile:
+        profile_bound(model, split.subset(slice(0, args.profile)), args.k, args.precision[0], args.compile)
+        return
     shapes = decoder_shapes(model)
     flops = forward_flops(shapes, args.k * len(split))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(split)} images, k={args.k}, "
