@@ -1,7 +1,8 @@
 """Training speed side by side, in one process and one run: the pytorch/examples VAE (784-400-20-400-784,
 batch 128, Adam 1e-3) trained for one epoch of Fashion-MNIST in four ways.
 
-    VAELAB_DATA=../shared/data python benchmarks/train_throughput.py [--repeats 3] [--threads 1] [--json OUT]
+    VAELAB_DATA=../shared/data python benchmarks/train_throughput.py [--repeats 3] [--threads 1] [--epochs 1]
+        [--compile] [--plain-loop] [--no-bf16] [--json OUT]
 
 - (a) `examples`: the loop users copy from pytorch/examples (vae/main.py), written out here: a
   per-sample Dataset (each image converted to a float tensor as torchvision's ToTensor does), a
@@ -13,9 +14,16 @@ batch 128, Adam 1e-3) trained for one epoch of Fashion-MNIST in four ways.
   image) divided by the rates of fp32 and bf16 matmuls measured here, at these shapes, in this run
   (before and after the epochs; the faster rate counts).
 
+vaelab's rows run with the trainer's defaults, so with subnormals flushed to zero
+(`train.flush_denormal`, vaelab.precision.flush_subnormals); the examples' loop runs with IEEE
+subnormals, as it does for the people who copy it.
+
 Optional rows: `--plain-loop` times vaelab's model and batches in a bare loop (loss, backward,
-fused Adam; no Trainer), which says what the Trainer itself costs; `--compile` the loss compiled by
-inductor; `--no-bf16` drops (c) on a CPU that emulates bf16 (its epoch takes many times fp32's).
+fused Adam; no Trainer, IEEE subnormals), which says what the Trainer itself costs or saves;
+`--compile` adds (b) and (c) with `train.compile=true` (the loss through torch.compile); `--no-bf16`
+drops (c) on a CPU that emulates bf16 (its epoch takes many times fp32's). `--epochs N` trains every
+method N epochs from fresh weights and times the last: with `--compile`, `--epochs 2` times an epoch
+after the one that compiled.
 
 All train on the same 59,000 images (vaelab's training split with val_size=1000; the grey values,
 no binarization, as the examples do) and are scored by the same single-sample ELBO on the 10,000
@@ -27,6 +35,7 @@ row gives the median of --repeats epochs, each from fresh weights. Ratios are ta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -89,18 +98,20 @@ class PerSampleImages(Dataset):
         return torch.from_numpy(self.images[index]).float().div(255).unsqueeze(0), 0
 
 
-def train_examples(images_uint8: np.ndarray, seed: int) -> tuple[float, nn.Module]:
+def train_examples(images_uint8: np.ndarray, seed: int, epochs: int) -> tuple[float, nn.Module]:
+    """(seconds of the last of `epochs` epochs, the model)."""
     torch.manual_seed(seed)
     model = ExamplesVAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     loader = DataLoader(PerSampleImages(images_uint8), batch_size=BATCH, shuffle=True)
     model.train()
-    started = time.perf_counter()
-    for x, _ in loader:
-        optimizer.zero_grad()
-        reconstruction, mu, log_var = model(x)
-        examples_loss(reconstruction, x, mu, log_var).backward()
-        optimizer.step()
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for x, _ in loader:
+            optimizer.zero_grad()
+            reconstruction, mu, log_var = model(x)
+            examples_loss(reconstruction, x, mu, log_var).backward()
+            optimizer.step()
     return time.perf_counter() - started, model
 
 
@@ -119,33 +130,33 @@ def _examples_negative_elbo(model: ExamplesVAE, x: torch.Tensor) -> float:
 
 # -- (b), (c) vaelab -------------------------------------------------------------------------------
 
-def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int,
+def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int, epochs: int,
                  compiled: bool = False) -> tuple[float, VAE]:
+    """(seconds of the last of `epochs` epochs, the model); compiled: train.compile=true."""
     torch.manual_seed(seed)
     model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
-    if compiled:  # the loss (forward and, through AOTAutograd, backward) compiled by inductor
-        model.loss = torch.compile(model.loss, dynamic=False)  # type: ignore[method-assign]
     config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
-                       TrainConfig(batch_size=BATCH, lr=LR, epochs=1, precision=precision, tensorboard=False,
-                                   seed=seed))
+                       TrainConfig(batch_size=BATCH, lr=LR, epochs=epochs, precision=precision, tensorboard=False,
+                                   seed=seed, compile=compiled))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, config, run_dir, train_split, val_split, None, progress_bar=False)
         metrics = trainer.fit()
     return metrics["epoch_seconds"], model
 
 
-def train_plain_loop(train_split: Split, seed: int) -> tuple[float, VAE]:
+def train_plain_loop(train_split: Split, seed: int, epochs: int) -> tuple[float, VAE]:
     """vaelab's VAE and batches without the Trainer: loss, backward, fused Adam, nothing else (no
-    non-finite checks, no logging). The gap to (b) is what the Trainer itself costs."""
+    non-finite checks, no logging, IEEE subnormals). The gap to (b) is what the Trainer costs or saves."""
     torch.manual_seed(seed)
     model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
     model.train()
-    started = time.perf_counter()
-    for batch in BatchIterator(train_split, BATCH, shuffle=True, seed=seed):
-        optimizer.zero_grad(set_to_none=True)
-        model.loss(batch)["loss"].backward()
-        optimizer.step()
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        for batch in BatchIterator(train_split, BATCH, shuffle=True, seed=seed, epoch=epoch):
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(batch)["loss"].backward()
+            optimizer.step()
     return time.perf_counter() - started, model
 
 
@@ -176,8 +187,12 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="train every method this many epochs from fresh weights and time the last one "
+                             "(default 1; 2 times a compiled loss after its first epoch compiled it)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time vaelab fp32 with the loss compiled by torch.compile (its first epoch compiles)")
+                        help="also time vaelab with train.compile=true, in fp32 and (without --no-bf16) bf16; "
+                             "the first epoch compiles, so use --epochs 2")
     parser.add_argument("--plain-loop", action="store_true",
                         help="also time vaelab's model in a plain PyTorch loop without the Trainer")
     parser.add_argument("--no-bf16", action="store_true",
@@ -190,18 +205,22 @@ def main() -> int:
     train_split, val_split = training_splits(dataset, DataConfig(name="fashion-mnist", binarize="none", val_size=1000))
     train_uint8 = (train_split.images.squeeze(1) * 255).round().to(torch.uint8).numpy()
     test = dataset.test.images
+    epochs = args.epochs
     print(f"torch {torch.__version__}, {args.threads} thread(s), {len(train_split)} training images, "
-          f"batch {BATCH}, {args.repeats} epochs each, alternating", file=sys.stderr)
+          f"batch {BATCH}, {args.repeats} runs each of {epochs} epoch(s), the last timed, alternating",
+          file=sys.stderr)
 
-    methods = {"examples": lambda seed: train_examples(train_uint8, seed),
-               "vaelab fp32": lambda seed: train_vaelab(train_split, val_split, "fp32", seed),
-               "vaelab bf16": lambda seed: train_vaelab(train_split, val_split, "bf16", seed)}
-    if args.no_bf16:
-        del methods["vaelab bf16"]
-    if args.plain_loop:
-        methods["plain loop"] = lambda seed: train_plain_loop(train_split, seed)
+    precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
+    methods = {"examples": lambda seed: train_examples(train_uint8, seed, epochs)}
+    for precision in precisions:
+        methods[f"vaelab {precision}"] = functools.partial(train_vaelab, train_split, val_split, precision,
+                                                           epochs=epochs)
     if args.compile:
-        methods["vaelab compiled"] = lambda seed: train_vaelab(train_split, val_split, "fp32", seed, compiled=True)
+        for precision in precisions:
+            methods[f"compiled {precision}"] = functools.partial(train_vaelab, train_split, val_split, precision,
+                                                                 epochs=epochs, compiled=True)
+    if args.plain_loop:
+        methods["plain loop"] = lambda seed: train_plain_loop(train_split, seed, epochs)
     elbo = {name: examples_elbo if name == "examples" else vaelab_elbo for name in methods}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     elbos: dict[str, list[float]] = {name: [] for name in methods}
@@ -231,7 +250,8 @@ def main() -> int:
             "seconds": seconds, "test_elbo": elbos, "median_seconds": medians,
             "limit_seconds": {"fp32": fp32_limit, "bf16": bf16_limit},
             "matmul_gflops": {"fp32": sgemm_rate, "bf16": bf16_rate},
-            "settings": {"threads": args.threads, "repeats": args.repeats, "images": len(train_split),
+            "settings": {"threads": args.threads, "repeats": args.repeats, "epochs": epochs,
+                         "images": len(train_split),
                          "batch": BATCH, "torch": torch.__version__}}, indent=2))
     return 0
 

@@ -76,6 +76,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where native (vaelab.precision)
     eval_batch_size: int = 500
     tensorboard: bool = True
+    # torch.compile the model's loss, forward and backward (Updater.compile_loss); eager if compiling
+    # fails. Costs a few seconds of compiling per batch size in the first epoch; docs/performance.md.
+    compile: bool = False
+    # Flush subnormal floats to zero on the CPU while training (precision.flush_subnormals): Adam's
+    # moments decay into that range and each operation on them then costs many cycles.
+    flush_denormal: bool = True
     # Start from these weights instead of a random init (a fine-tune, e.g. an IWAE objective on a
     # trained VAE): a .safetensors file, or a run directory (its final model.safetensors).
     init_from: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from vaelab.compiled import CompiledWithFallback
 from vaelab.config import TrainConfig
 from vaelab.errors import ConfigError
 from vaelab.precision import resolve_precision
@@ -85,6 +86,7 @@ class Updater:
         self.precision = resolve_precision(precision, device_type)  # "auto" -> bf16 only where it is native
         self.device_type = device_type
         self.replicated: torch.nn.Module | None = None  # DistributedDataParallel over the model's loss
+        self.compiled_loss: CompiledWithFallback | None = None  # torch.compile of the model's loss
 
     def replicate(self, model: torch.nn.Module, device: torch.device) -> None:
         """Route `loss` through DistributedDataParallel (the process group must be initialized), so
@@ -96,10 +98,21 @@ class Updater:
         self.replicated = DistributedDataParallel(_LossOf(model), device_ids=device_ids,
                                                   forward_sync_buffers=False)
 
+    def compile_loss(self, model: Any) -> None:
+        """Route `loss` through torch.compile of model.loss (inductor fuses the loss's elementwise
+        work into few kernels, forward and backward), falling back to eager if compiling fails."""
+        self.compiled_loss = CompiledWithFallback(model.loss, f"{type(model).__name__}.loss")
+
     def loss(self, model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        """model.loss(batch, step=step), through DistributedDataParallel once `replicate` was called."""
+        """model.loss(batch, step=step): through DistributedDataParallel once `replicate` was
+        called, through torch.compile once `compile_loss` was."""
         if self.replicated is not None:
             return self.replicated(batch, step=step)
+        if self.compiled_loss is not None:
+            # One static graph per batch size (the epoch's last batch is smaller): with a dynamic
+            # batch dimension dynamo cannot trace the reparameterization's randn.
+            torch._dynamo.mark_static(batch.x, 0)
+            return self.compiled_loss(batch, step=step)
         return model.loss(batch, step=step)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

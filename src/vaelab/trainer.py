@@ -46,6 +46,7 @@ from vaelab.experiment import deterministic_view
 from vaelab.files import make_directory
 from vaelab.models.base import GenerativeModel
 from vaelab.optim import NonFiniteStep, Updater, build_optimizer, build_scheduler
+from vaelab.precision import subnormals_flushed
 
 if TYPE_CHECKING:  # imported in _open_tensorboard, only when TensorBoard logging is asked for
     from torch.utils.tensorboard import SummaryWriter
@@ -111,6 +112,8 @@ class Trainer:
         self.updater = Updater(self.optimizers, self.cfg.grad_clip, self.cfg.precision, self.device.type)
         if world.distributed:
             self._replicate()
+        elif self.cfg.compile:
+            self.updater.compile_loss(self.model)
         self.progress = Progress()
         self.restored = False
         self.show_bar = world.is_main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
@@ -120,6 +123,8 @@ class Trainer:
         """DistributedDataParallel over the model's loss: models with their own train_step (the
         GAN's two players) would step without averaging their gradients, so they are refused."""
         check_batch_size(self.cfg.batch_size, self.world)
+        if self.cfg.compile:
+            raise ConfigError("train.compile is not supported under torchrun yet: train with compile=false")
         if type(self.model).train_step is not GenerativeModel.train_step:
             raise ConfigError(f"distributed training of {type(self.model).__name__} is not supported: its "
                               "train_step makes its own updates (train it in one process)")
@@ -213,8 +218,9 @@ class Trainer:
         self._open_tensorboard()
         last_metrics: dict = {}
         try:
-            while self.has_work():
-                last_metrics = self._run_epoch()
+            with subnormals_flushed(self.cfg.flush_denormal and self.device.type == "cpu"):
+                while self.has_work():
+                    last_metrics = self._run_epoch()
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise
