@@ -2,7 +2,7 @@
 batch 128, Adam 1e-3) trained for one epoch of Fashion-MNIST in four ways.
 
     VAELAB_DATA=../shared/data python benchmarks/train_throughput.py [--repeats 3] [--threads 1] [--epochs 1]
-        [--compile] [--plain-loop] [--no-bf16] [--json OUT]
+        [--compile] [--ieee-subnormals] [--plain-loop] [--no-bf16] [--profile STEPS] [--json OUT]
 
 - (a) `examples`: the loop users copy from pytorch/examples (vae/main.py), written out here: a
   per-sample Dataset (each image converted to a float tensor as torchvision's ToTensor does), a
@@ -20,10 +20,12 @@ subnormals, as it does for the people who copy it.
 
 Optional rows: `--plain-loop` times vaelab's model and batches in a bare loop (loss, backward,
 fused Adam; no Trainer, IEEE subnormals), which says what the Trainer itself costs or saves;
-`--compile` adds (b) and (c) with `train.compile=true` (the loss through torch.compile); `--no-bf16`
+`--compile` adds (b) and (c) with `train.compile=true` (the loss through torch.compile);
+`--ieee-subnormals` adds them with `train.flush_denormal=false`; `--no-bf16`
 drops (c) on a CPU that emulates bf16 (its epoch takes many times fp32's). `--epochs N` trains every
 method N epochs from fresh weights and times the last: with `--compile`, `--epochs 2` times an epoch
-after the one that compiled.
+after the one that compiled. `--profile STEPS` times nothing: it prints torch.profiler's table of
+STEPS of vaelab's Trainer steps (after 50 warm-up steps) per precision, compiled too with `--compile`.
 
 All train on the same 59,000 images (vaelab's training split with val_size=1000; the grey values,
 no binarization, as the examples do) and are scored by the same single-sample ELBO on the 10,000
@@ -131,17 +133,30 @@ def _examples_negative_elbo(model: ExamplesVAE, x: torch.Tensor) -> float:
 # -- (b), (c) vaelab -------------------------------------------------------------------------------
 
 def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int, epochs: int,
-                 compiled: bool = False) -> tuple[float, VAE]:
-    """(seconds of the last of `epochs` epochs, the model); compiled: train.compile=true."""
+                 compiled: bool = False, flush_denormal: bool = True) -> tuple[float, VAE]:
+    """(seconds of the last of `epochs` epochs, the model); compiled: train.compile=true;
+    flush_denormal=False: IEEE subnormals, as before the trainer flushed them."""
     torch.manual_seed(seed)
     model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
     config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
                        TrainConfig(batch_size=BATCH, lr=LR, epochs=epochs, precision=precision, tensorboard=False,
-                                   seed=seed, compile=compiled))
+                                   seed=seed, compile=compiled, flush_denormal=flush_denormal))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, config, run_dir, train_split, val_split, None, progress_bar=False)
         metrics = trainer.fit()
+    if not flush_denormal:
+        print(f"    {subnormal_moments(trainer.optimizers[0])}", file=sys.stderr)
     return metrics["epoch_seconds"], model
+
+
+def subnormal_moments(optimizer: torch.optim.Optimizer) -> str:
+    """How many of Adam's first moments (exp_avg) are subnormal, in all and in the largest tensor."""
+    tiny = torch.finfo(torch.float32).tiny
+    moments = [optimizer.state[p]["exp_avg"] for group in optimizer.param_groups for p in group["params"]]
+    counts = [int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments]
+    largest = max(range(len(moments)), key=lambda i: moments[i].numel())
+    return (f"subnormal first moments: {sum(counts):,} of {sum(m.numel() for m in moments):,}; "
+            f"{counts[largest]:,} of the largest tensor's {moments[largest].numel():,}")
 
 
 def train_plain_loop(train_split: Split, seed: int, epochs: int) -> tuple[float, VAE]:
@@ -158,6 +173,33 @@ def train_plain_loop(train_split: Split, seed: int, epochs: int) -> tuple[float,
             model.loss(batch)["loss"].backward()
             optimizer.step()
     return time.perf_counter() - started, model
+
+
+class ProfiledTrainer(Trainer):
+    """A Trainer whose steps advance a torch.profiler schedule."""
+
+    profiler: torch.profiler.profile
+
+    def _train_step(self, batch):
+        terms = super()._train_step(batch)
+        self.profiler.step()
+        return terms
+
+
+def profile_vaelab(train_split: Split, val_split: Split, precision: str, steps: int, compiled: bool) -> str:
+    """torch.profiler's table (self CPU time) of `steps` Trainer steps after 50 warm-up steps."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
+    config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
+                       TrainConfig(batch_size=BATCH, lr=LR, epochs=1, max_steps=50 + steps, precision=precision,
+                                   tensorboard=False, compile=compiled))
+    schedule = torch.profiler.schedule(wait=0, warmup=50, active=steps, repeat=1)
+    with tempfile.TemporaryDirectory() as run_dir, \
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as profiler:
+        trainer = ProfiledTrainer(model, config, run_dir, train_split, val_split, None, progress_bar=False)
+        trainer.profiler = profiler
+        trainer.fit()
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
 
 
 @torch.no_grad()
@@ -193,16 +235,28 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time vaelab with train.compile=true, in fp32 and (without --no-bf16) bf16; "
                              "the first epoch compiles, so use --epochs 2")
+    parser.add_argument("--ieee-subnormals", action="store_true",
+                        help="also time vaelab with flush_denormal=false (IEEE subnormals); the gap grows "
+                             "after the first epoch, so use --epochs 3 or more")
     parser.add_argument("--plain-loop", action="store_true",
                         help="also time vaelab's model in a plain PyTorch loop without the Trainer")
     parser.add_argument("--no-bf16", action="store_true",
                         help="skip (c): on a CPU without native bf16 (vaelab.precision.native_bf16) PyTorch "
                              "emulates it and its epoch takes many times fp32's")
+    parser.add_argument("--profile", type=int, metavar="STEPS",
+                        help="instead of timing epochs, print torch.profiler's table of STEPS Trainer steps of vaelab "
+                             "(after 50 warm-up steps) in each precision, eager and, with --compile, compiled")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_data(DataConfig(name="fashion-mnist", data_dir=args.data_dir, binarize="none"))
     train_split, val_split = training_splits(dataset, DataConfig(name="fashion-mnist", binarize="none", val_size=1000))
+    if args.profile:
+        for precision in ["fp32"] if args.no_bf16 else ["fp32", "bf16"]:
+            for compiled in [False, True] if args.compile else [False]:
+                print(f"vaelab {precision}{' compiled' if compiled else ''}, {args.profile} steps of batch {BATCH}:")
+                print(profile_vaelab(train_split, val_split, precision, args.profile, compiled))
+        return 0
     train_uint8 = (train_split.images.squeeze(1) * 255).round().to(torch.uint8).numpy()
     test = dataset.test.images
     epochs = args.epochs
@@ -219,6 +273,10 @@ def main() -> int:
         for precision in precisions:
             methods[f"compiled {precision}"] = functools.partial(train_vaelab, train_split, val_split, precision,
                                                                  epochs=epochs, compiled=True)
+    if args.ieee_subnormals:
+        for precision in precisions:
+            methods[f"ieee {precision}"] = functools.partial(train_vaelab, train_split, val_split, precision,
+                                                             epochs=epochs, flush_denormal=False)
     if args.plain_loop:
         methods["plain loop"] = lambda seed: train_plain_loop(train_split, seed, epochs)
     elbo = {name: examples_elbo if name == "examples" else vaelab_elbo for name in methods}

@@ -81,9 +81,9 @@ def flush_subnormals(enabled: bool = True) -> bool:
     ReLU unit, or from a pixel that is 0 in every image) has Adam's first moment multiplied by
     beta1 = 0.9 each step. That moment decays into the subnormal range and stays there, because
     round-to-nearest keeps 0.9 times the smallest subnormal at the smallest subnormal. Every
-    arithmetic operation on a subnormal takes a slow microcode path. After one epoch of the
-    training benchmark's VAE, 43 % of its first layer's moments were subnormal, and later epochs
-    ran 1.4-1.8 times slower than with flushing (docs/performance.md). Values that small carry no
+    arithmetic operation on a subnormal takes a slow microcode path. After three epochs of the
+    training benchmark's VAE, 43 % of its first layer's moments were subnormal, and its third
+    epoch ran 1.35-1.37 times slower than with flushing (docs/performance.md). Values that small carry no
     information for training.
 
     The flag is per thread. Threads inherit it when they start, so call this before torch's
