@@ -78,7 +78,7 @@ def test_training_flushes_subnormals_by_default_and_keeps_them_when_asked(tmp_pa
     assert train(tmp_path / "flushed", data, "--epochs", "1") == 0
     training_steps = 5
     assert seen[:training_steps] == [False] * training_steps
-    assert arithmetic_keeps_subnormals()  # the calling thread is back to IEEE once training ended
+    assert arithmetic_keeps_subnormals()  # back to IEEE once training ended
     seen.clear()
     assert train(tmp_path / "ieee", data, "--epochs", "1", "flush_denormal=false") == 0
     assert seen and all(seen)
@@ -152,3 +152,40 @@ def test_a_compiled_loss_is_refused_under_torchrun_before_anything_is_built(tmp_
                        TrainConfig(batch_size=4, compile=True, device="cpu"))
     with pytest.raises(ConfigError, match=r"train\.compile is not supported under torchrun"):
         Trainer(model, config, tmp_path / "run", split, split, None, world=World(rank=0, size=2))
+
+
+PROBE = """
+import sys, torch
+import vaelab.experiment
+from vaelab.cli import main
+from vaelab.models.vae import VAE
+real_load = vaelab.experiment.load_data
+def load_data(config):  # as loading a real data set does, start torch's thread pool
+    torch.ones(1 << 22).mul_(2.0)
+    return real_load(config)
+vaelab.experiment.load_data = load_data
+real_loss, kept = VAE.loss, []
+def probe(self, batch, step=None):  # a product split over both threads: any unflushed thread keeps its half
+    kept.append(int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero()))
+    return real_loss(self, batch, step)
+VAE.loss = probe
+main(["train", "vae", "hidden=[16]", "latent_dim=3", "batch_size=8", "tensorboard=false", *sys.argv[1:]])
+print(torch.get_num_threads(), max(kept))
+"""
+
+
+@pytest.mark.parametrize("flush, expected_kept", [("true", 0), ("false", 1 << 20)])
+def test_every_worker_thread_of_a_training_process_flushes(tmp_path, data, flush, expected_kept):
+    """Flushing reaches torch's worker threads, even when loading the data started them before
+    training set the flag. Run in a fresh process with two threads (the test session uses one)."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", PROBE, "--data", str(data), "--out", str(tmp_path / "run"),
+                             "--max-steps", "2", f"flush_denormal={flush}"],
+                            capture_output=True, text=True, env=environment, timeout=120, check=True)
+    threads, kept = map(int, result.stdout.split()[-2:])
+    assert threads == 2
+    assert kept == expected_kept

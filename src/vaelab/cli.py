@@ -114,14 +114,11 @@ def cmd_train(args) -> int:
     from vaelab.distributed import join_world
     from vaelab.experiment import data_identity, load_data, training_splits
     from vaelab.files import run_lock
-    from vaelab.precision import flush_subnormals
     from vaelab.resume import check_data_identity
     from vaelab.trainer import resolve_device
 
     run_dir = Path(args.out or f"runs/{args.model}")
     run_config, resume = _run_config(args, run_dir)
-    if run_config.train.flush_denormal:  # now, so that torch's worker threads inherit it (flush_subnormals)
-        flush_subnormals()
     world = join_world(resolve_device(run_config.train.device).type)  # torchrun: one process of several
     dataset = load_data(run_config.data)
     identity = data_identity(dataset)

@@ -86,9 +86,9 @@ def flush_subnormals(enabled: bool = True) -> bool:
     epoch ran 1.35-1.37 times slower than with flushing (docs/performance.md). Values that small carry no
     information for training.
 
-    The flag is per thread. Threads inherit it when they start, so call this before torch's
-    worker threads start (before the first multi-threaded operation) to cover all of them; the
-    training command does. Later calls cover only the calling thread.
+    It covers torch's intra-op worker threads too, even ones started before the call
+    (tests/test_training_speed_options.py counts the subnormals left in a product split over two
+    threads).
     """
     import torch
 
@@ -97,7 +97,7 @@ def flush_subnormals(enabled: bool = True) -> bool:
 
 @contextlib.contextmanager
 def subnormals_flushed(enabled: bool = True) -> Iterator[None]:
-    """flush_subnormals() inside the block; the calling thread is back to IEEE subnormals after."""
+    """flush_subnormals() inside the block; IEEE subnormals again after it."""
     import torch
 
     flushed = flush_subnormals(enabled)
