@@ -114,8 +114,10 @@ def test_a_compiled_loss_trains_like_the_eager_one(tmp_path, data, monkeypatch, 
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
         assert train(tmp_path / "compiled", data, "--epochs", "2", "compile=true", "kl_warmup_steps=4") == 0
     assert calls == ["VAE.loss"] * 10  # every training step (2 epochs of 5) went through it
+    assert ", compiled loss) ->" in capsys.readouterr().err  # the run's first line says so
     assert train(tmp_path / "eager", data, "--epochs", "2", "kl_warmup_steps=4") == 0
-    assert not error_lines(capsys.readouterr().err)
+    stderr = capsys.readouterr().err
+    assert not error_lines(stderr) and "compiled loss" not in stderr
     compiled, eager = read_metrics(tmp_path / "compiled"), read_metrics(tmp_path / "eager")
     for line_c, line_e in zip(compiled, eager, strict=True):
         for key in ("train_loss", "train_kl", "val_loss"):

@@ -176,7 +176,8 @@ def _announce(model_name: str, dataset, trainer, run_dir: Path) -> None:
     parameters = sum(p.numel() for p in trainer.model.parameters())
     print(f"training {model_name} on {dataset.name} ({len(trainer.train_split)} train / "
           f"{len(trainer.val_split)} val images, {parameters:,} parameters, {trainer.device}, "
-          f"{trainer.updater.precision}) -> {run_dir}", file=sys.stderr)
+          f"{trainer.updater.precision}{', compiled loss' if trainer.updater.compiled_loss else ''}) -> {run_dir}",
+          file=sys.stderr)
 
 
 # -- sample / reconstruct ------------------------------------------------------------------------
