@@ -191,3 +191,14 @@ def test_every_worker_thread_of_a_training_process_flushes(tmp_path, data, flush
     threads, kept = map(int, result.stdout.split()[-2:])
     assert threads == 2
     assert kept == expected_kept
+
+
+def test_a_compiled_loss_is_refused_for_a_model_with_its_own_train_step(tmp_path, data, capsys):
+    """The GAN's train_step computes its players' losses itself: compiling model.loss would do nothing."""
+    from vaelab.cli import main
+
+    code = main(["train", "gan", "g_hidden=[16]", "d_hidden=[16]", "latent_dim=3", "batch_size=8", "tensorboard=false",
+                 "compile=true", "--data", str(data), "--out", str(tmp_path / "gan"), "--epochs", "1"])
+    assert code == 2
+    assert "train.compile has no effect on GAN: its train_step computes its own losses" in capsys.readouterr().err
+    assert not (tmp_path / "gan").exists()  # refused before the run directory was made

@@ -113,11 +113,19 @@ class Trainer:
         if world.distributed:
             self._replicate()
         elif self.cfg.compile:
-            self.updater.compile_loss(self.model)
+            self._compile_loss()
         self.progress = Progress()
         self.restored = False
         self.show_bar = world.is_main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
         self.writer: SummaryWriter | None = None
+
+    def _compile_loss(self) -> None:
+        """train.compile: the default train_step's loss through torch.compile. A model with its own
+        train_step (the GAN's two players) never calls it, so the option is refused there."""
+        if type(self.model).train_step is not GenerativeModel.train_step:
+            raise ConfigError(f"train.compile has no effect on {type(self.model).__name__}: its train_step "
+                              "computes its own losses (train it with compile=false)")
+        self.updater.compile_loss(self.model)
 
     def _replicate(self) -> None:
         """DistributedDataParallel over the model's loss: models with their own train_step (the
