@@ -15,7 +15,7 @@ batch 128, Adam 1e-3) trained for one epoch of Fashion-MNIST in four ways.
   (before and after the epochs; the faster rate counts).
 
 vaelab's rows run with the trainer's defaults, so with subnormals flushed to zero
-(`train.flush_denormal`, vaelab.precision.flush_subnormals); the examples' loop runs with IEEE
+(`train.flush_denormal`, vaelab.precision.subnormals_flushed); the examples' loop runs with IEEE
 subnormals, as it does for the people who copy it.
 
 Optional rows: `--plain-loop` times vaelab's model and batches in a bare loop (loss, backward,
@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,15 +133,21 @@ def _examples_negative_elbo(model: ExamplesVAE, x: torch.Tensor) -> float:
 
 # -- (b), (c) vaelab -------------------------------------------------------------------------------
 
+def vaelab_run(seed: int, **train: Any) -> tuple[VAE, RunConfig]:
+    """The benchmark's VAE, initialized from `seed`, and its run config with these train settings."""
+    torch.manual_seed(seed)
+    model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
+    config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
+                       TrainConfig(batch_size=BATCH, lr=LR, tensorboard=False, seed=seed, **train))
+    return model, config
+
+
 def train_vaelab(train_split: Split, val_split: Split, precision: str, seed: int, epochs: int,
                  compiled: bool = False, flush_denormal: bool = True) -> tuple[float, VAE]:
     """(seconds of the last of `epochs` epochs, the model); compiled: train.compile=true;
     flush_denormal=False: IEEE subnormals, as before the trainer flushed them."""
-    torch.manual_seed(seed)
-    model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
-    config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
-                       TrainConfig(batch_size=BATCH, lr=LR, epochs=epochs, precision=precision, tensorboard=False,
-                                   seed=seed, compile=compiled, flush_denormal=flush_denormal))
+    model, config = vaelab_run(seed, epochs=epochs, precision=precision, compile=compiled,
+                               flush_denormal=flush_denormal)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, config, run_dir, train_split, val_split, None, progress_bar=False)
         metrics = trainer.fit()
@@ -188,11 +195,7 @@ class ProfiledTrainer(Trainer):
 
 def profile_vaelab(train_split: Split, val_split: Split, precision: str, steps: int, compiled: bool) -> str:
     """torch.profiler's table (self CPU time) of `steps` Trainer steps after 50 warm-up steps."""
-    torch.manual_seed(0)
-    model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
-    config = RunConfig("vae", model.config, DataConfig(name="fashion-mnist", binarize="none", val_size=1000),
-                       TrainConfig(batch_size=BATCH, lr=LR, epochs=1, max_steps=50 + steps, precision=precision,
-                                   tensorboard=False, compile=compiled))
+    model, config = vaelab_run(0, epochs=1, max_steps=50 + steps, precision=precision, compile=compiled)
     schedule = torch.profiler.schedule(wait=0, warmup=50, active=steps, repeat=1)
     with tempfile.TemporaryDirectory() as run_dir, \
             torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as profiler:

@@ -79,7 +79,7 @@ class TrainConfig:
     # torch.compile the model's loss, forward and backward (Updater.compile_loss); eager if compiling
     # fails. Costs a few seconds of compiling per batch size in the first epoch; docs/performance.md.
     compile: bool = False
-    # Flush subnormal floats to zero on the CPU while training (precision.flush_subnormals): Adam's
+    # Flush subnormal floats to zero on the CPU while training (precision.subnormals_flushed): Adam's
     # moments decay into that range and each operation on them then costs many cycles.
     flush_denormal: bool = True
     # Start from these weights instead of a random init (a fine-tune, e.g. an IWAE objective on a

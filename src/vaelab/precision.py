@@ -74,8 +74,10 @@ def _warn_emulated(name: str, device_type: str) -> None:
                   f"slower than fp32 here; {name}=auto picks fp32 on this machine", UserWarning, stacklevel=3)
 
 
-def flush_subnormals(enabled: bool = True) -> bool:
-    """Flush subnormal floats to zero on the CPU from now on; returns whether it took effect.
+@contextlib.contextmanager
+def subnormals_flushed(enabled: bool = True) -> Iterator[None]:
+    """Flush subnormal floats to zero on the CPU inside the block (when enabled); IEEE subnormals
+    again after it.
 
     Why training wants it: a weight whose gradient is exactly zero at every step (one into a dead
     ReLU unit, or from a pixel that is 0 in every image) has Adam's first moment multiplied by
@@ -86,21 +88,13 @@ def flush_subnormals(enabled: bool = True) -> bool:
     epoch ran 1.35-1.37 times slower than with flushing (docs/performance.md). Values that small carry no
     information for training.
 
-    It covers torch's intra-op worker threads too, even ones started before the call
+    It covers torch's intra-op worker threads too, even ones started before the block
     (tests/test_training_speed_options.py counts the subnormals left in a product split over two
     threads).
     """
     import torch
 
-    return bool(enabled) and torch.set_flush_denormal(True)
-
-
-@contextlib.contextmanager
-def subnormals_flushed(enabled: bool = True) -> Iterator[None]:
-    """flush_subnormals() inside the block; IEEE subnormals again after it."""
-    import torch
-
-    flushed = flush_subnormals(enabled)
+    flushed = bool(enabled) and torch.set_flush_denormal(True)
     try:
         yield
     finally:

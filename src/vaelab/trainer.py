@@ -119,10 +119,15 @@ class Trainer:
         self.show_bar = world.is_main and (sys.stderr.isatty() if progress_bar is None else progress_bar)
         self.writer: SummaryWriter | None = None
 
+    def _has_own_train_step(self) -> bool:
+        """The model overrides train_step (the GAN's two players): it makes its own updates and never
+        calls its loss through the Updater."""
+        return type(self.model).train_step is not GenerativeModel.train_step
+
     def _compile_loss(self) -> None:
-        """train.compile: the default train_step's loss through torch.compile. A model with its own
-        train_step (the GAN's two players) never calls it, so the option is refused there."""
-        if type(self.model).train_step is not GenerativeModel.train_step:
+        """train.compile: the default train_step's loss through torch.compile; refused for a model
+        with its own train_step, which would never call it."""
+        if self._has_own_train_step():
             raise ConfigError(f"train.compile has no effect on {type(self.model).__name__}: its train_step "
                               "computes its own losses (train it with compile=false)")
         self.updater.compile_loss(self.model)
@@ -133,7 +138,7 @@ class Trainer:
         check_batch_size(self.cfg.batch_size, self.world)
         if self.cfg.compile:
             raise ConfigError("train.compile is not supported under torchrun yet: train with compile=false")
-        if type(self.model).train_step is not GenerativeModel.train_step:
+        if self._has_own_train_step():
             raise ConfigError(f"distributed training of {type(self.model).__name__} is not supported: its "
                               "train_step makes its own updates (train it in one process)")
         self.updater.replicate(self.model, self.device)
