@@ -139,7 +139,7 @@ def _say(line: str) -> None:
 def _run(name: str, index: int, plan: Budget, out: Path, data: str, data_dir: str | None, seed: int,
          dataset) -> dict[str, Any]:
     """Train and score one run in a child process; its status, error and peak memory."""
-    job = runner.Job(plan.runs[name], out / "runs" / name, data, data_dir, seed, plan.eval)
+    job = runner.Job(plan.runs[name], out / "runs" / name, data, data_dir, seed, plan.eval_of(name))
     _say(f"[{index}/{len(plan.runs)}] {name} ({job.spec.model}): training and scoring -> {job.run_dir}")
     started = time.perf_counter()
     status, child_maxrss_kib = _in_child(job)
@@ -189,7 +189,8 @@ def _collect(out: Path, plan: Budget, statuses: dict[str, dict[str, Any]], datas
     for name, status in statuses.items():
         if status["status"] != "ok":
             continue
-        metrics = runner.score(runner.Job(plan.runs[name], out / status["run_dir"], "", None, seed, plan.eval), dataset)
+        job = runner.Job(plan.runs[name], out / status["run_dir"], "", None, seed, plan.eval_of(name))
+        metrics = runner.score(job, dataset)
         metrics["peak_memory_mb"] = {"value": round(status["peak_memory_mb"], 1), "stderr": None,
                                      "settings": {"measured": status["peak_memory_measured"]}}
         results[name] = metrics

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ class RunSpec:
     name: str
     model: str
     settings: dict[str, Any]
+    # EvalBudget fields this run spends differently (e.g. fewer L_k images for a convolutional decoder,
+    # whose k samples per image cost far more than an MLP's); the report's protocol names each one.
+    eval: dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> list[str]:
         """The settings as `vaelab train` KEY=VALUE arguments (values in YAML/JSON syntax)."""
@@ -60,6 +63,10 @@ class Budget:
     def with_runs(self, runs: dict[str, RunSpec]) -> Budget:
         """The same budget with only `runs` (start_first narrowed to them)."""
         return Budget(self.name, self.data, self.eval, runs, tuple(name for name in self.start_first if name in runs))
+
+    def eval_of(self, run: str) -> EvalBudget:
+        """What the estimators spend on `run`: the budget's eval with the run's own overrides."""
+        return replace(self.eval, **self.runs[run].eval)
 
     def start_order(self) -> list[str]:
         """The runs in the order they are started: start_first, then the rest in budget order."""
@@ -101,4 +108,10 @@ def load_budget(name: str) -> Budget:
 def _run_spec(budget: str, name: str, entry: Any) -> RunSpec:
     if not isinstance(entry, dict) or entry.get("model") not in MODELS:
         raise ConfigError(f"budget {budget}: run {name} names no registered model ({entry.get('model')!r})")
-    return RunSpec(str(name), entry["model"], dict(entry.get("settings") or {}))
+    overrides = entry.get("eval") or {}
+    known = {item.name for item in fields(EvalBudget)}
+    if not isinstance(overrides, dict) or set(overrides) - known:
+        raise ConfigError(f"budget {budget}: run {name}'s eval must map eval keys ({', '.join(sorted(known))}), "
+                          f"got {overrides!r}")
+    check_precision(overrides.get("decoder_ais_gradients", "fp32"), f"budget {budget}: {name}: decoder_ais_gradients")
+    return RunSpec(str(name), entry["model"], dict(entry.get("settings") or {}), dict(overrides))

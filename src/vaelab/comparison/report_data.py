@@ -78,6 +78,9 @@ def protocol(plan: Budget) -> list[str]:
         f"The mean pairwise L2 distance of the same samples, in pixels, is the collapse check: a model is "
         f"flagged when it is below {COLLAPSE_RATIO} of the data row's.",
         "The data row scores training images as if they were a model's samples: each sample metric's floor.",
+        *(f"{name} spends differently from the other runs: "
+          + ", ".join(f"{key}={value} (the others: {getattr(b, key)})" for key, value in spec.eval.items()) + "."
+          for name, spec in plan.runs.items() if spec.eval),
     ]
 
 
