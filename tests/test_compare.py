@@ -39,7 +39,8 @@ def write_budget(path: Path, runs: dict) -> Path:
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     data = write_images(root / "tiny.npz", num_train=60, num_test=10, labels=True)
-    gaussian = {"model": "vae", "settings": {**RUNS["vae"]["settings"], "likelihood": "gaussian"}}
+    gaussian = {"model": "vae", "settings": {**RUNS["vae"]["settings"], "likelihood": "gaussian"},
+                "eval": {"limit": 3}}  # a run's own eval override (the standard budget's conv VAE has one)
     broken = {**RUNS, "vae_gaussian": gaussian, "broken": {"model": "vae", "settings": {"latent_dim": 0, "epochs": 1}}}
     budget = write_budget(root / "budget.yaml", broken)
     out = root / "out"
@@ -95,6 +96,25 @@ def test_a_gaussian_vaes_bound_is_a_density_of_continuous_pixels_in_its_own_colu
     columns = json.loads((compared["out"] / "summary.json").read_text())["columns"]
     assert {"key": "continuous_iw_bound", "protocol": "continuous, model's own Gaussian"}.items() <= \
         next(column for column in columns if column["key"] == "continuous_iw_bound").items()
+
+
+def test_a_runs_eval_override_changes_only_that_run_and_the_protocol_says_so(compared):
+    results = json.loads((compared["out"] / "results.json").read_text())
+    assert results["vae_gaussian"]["continuous_iw_bound"]["settings"]["examples"] == 3
+    assert results["vae_gaussian"]["reconstruction_mse"]["settings"]["examples"] == 3
+    assert results["vae"]["iw_bound"]["settings"]["examples"] == EVAL["limit"]
+    protocol = json.loads((compared["out"] / "summary.json").read_text())["protocol"]
+    assert "vae_gaussian spends differently from the other runs: limit=3 (the others: 6)." in protocol
+    assert "limit=3 (the others: 6)" in (compared["out"] / "report.md").read_text()
+
+
+def test_an_unknown_eval_override_is_a_config_error(tmp_path):
+    runs = {**RUNS, "vae": {**RUNS["vae"], "eval": {"iw_samples": 5}}}
+    with pytest.raises(VaelabError, match="run vae's eval must map eval keys"):
+        load_budget(str(write_budget(tmp_path / "budget.yaml", runs)))
+    runs = {**RUNS, "vae": {**RUNS["vae"], "eval": {"decoder_ais_gradients": "fp16"}}}
+    with pytest.raises(VaelabError, match="decoder_ais_gradients"):
+        load_budget(str(write_budget(tmp_path / "budget.yaml", runs)))
 
 
 def test_rerunning_reuses_finished_runs(compared, capfd):
