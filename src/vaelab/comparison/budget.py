@@ -93,11 +93,7 @@ def load_budget(name: str) -> Budget:
         raise ConfigError(f"budget {name} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict) or not isinstance(values.get("models"), dict) or "data" not in values:
         raise ConfigError(f"budget {name} must map data: NAME, eval: {{...}} and models: {{RUN: {{model, settings}}}}")
-    evaluation = values.get("eval") or {}
-    known = {field.name for field in fields(EvalBudget)}
-    if set(evaluation) - known:
-        raise ConfigError(f"budget {name}: unknown eval keys {sorted(set(evaluation) - known)}")
-    check_precision(evaluation.get("decoder_ais_gradients", "fp32"), f"budget {name}: decoder_ais_gradients")
+    evaluation = _checked_eval(values.get("eval"), f"budget {name}: eval")
     runs = {run_name: _run_spec(name, run_name, entry) for run_name, entry in values["models"].items()}
     start_first = values.get("start_first") or []
     if not isinstance(start_first, list) or set(start_first) - set(runs):
@@ -108,10 +104,15 @@ def load_budget(name: str) -> Budget:
 def _run_spec(budget: str, name: str, entry: Any) -> RunSpec:
     if not isinstance(entry, dict) or entry.get("model") not in MODELS:
         raise ConfigError(f"budget {budget}: run {name} names no registered model ({entry.get('model')!r})")
-    overrides = entry.get("eval") or {}
+    overrides = _checked_eval(entry.get("eval"), f"budget {budget}: run {name}'s eval")
+    return RunSpec(str(name), entry["model"], dict(entry.get("settings") or {}), overrides)
+
+
+def _checked_eval(values: Any, where: str) -> dict[str, Any]:
+    """An `eval:` mapping (the budget's, or a run's overrides) of EvalBudget keys, checked; {} if absent."""
+    values = values or {}
     known = {item.name for item in fields(EvalBudget)}
-    if not isinstance(overrides, dict) or set(overrides) - known:
-        raise ConfigError(f"budget {budget}: run {name}'s eval must map eval keys ({', '.join(sorted(known))}), "
-                          f"got {overrides!r}")
-    check_precision(overrides.get("decoder_ais_gradients", "fp32"), f"budget {budget}: {name}: decoder_ais_gradients")
-    return RunSpec(str(name), entry["model"], dict(entry.get("settings") or {}), dict(overrides))
+    if not isinstance(values, dict) or set(values) - known:
+        raise ConfigError(f"{where} must map eval keys ({', '.join(sorted(known))}), got {values!r}")
+    check_precision(values.get("decoder_ais_gradients", "fp32"), f"{where}: decoder_ais_gradients")
+    return dict(values)
