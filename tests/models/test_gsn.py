@@ -13,8 +13,8 @@ import vaelab
 from vaelab.cli import main
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
-from vaelab.errors import ConfigError
-from vaelab.models.gsn import GSN, GSNConfig
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.models.gsn import GSN, GSNConfig, fit_clusters
 from vaelab.registry import MODELS
 
 IMAGE_SHAPE = (1, 4, 4)
@@ -263,6 +263,43 @@ def test_chains_start_from_the_fitted_pixel_means():
     torch.testing.assert_close(first, model.reconstruct(images[:4]))
 
 
+def test_fit_clusters_recovers_separated_groups_and_their_shares():
+    """k-means of three groups of images far apart finds each group's mean and its share of the images."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.1] * 8, [0.9] * 8, [0.1] * 4 + [0.9] * 4])  # (3, 8)
+    counts = (30, 50, 20)
+    images = torch.cat([centre + 0.02 * torch.randn(count, 8, generator=generator)
+                        for centre, count in zip(centres, counts, strict=True)])  # (100, 8)
+    means, weights = fit_clusters(images, 3)
+    # the fit's cluster order is arbitrary: sort by the first and last pixel
+    found = sorted(zip(means.tolist(), weights.tolist(), strict=True), key=lambda pair: (pair[0][0], pair[0][-1]))
+    expected = [(images[80:].mean(0), 0.2), (images[:30].mean(0), 0.3), (images[30:80].mean(0), 0.5)]
+    for (mean, weight), (true_mean, true_weight) in zip(found, expected, strict=True):
+        torch.testing.assert_close(torch.tensor(mean, dtype=torch.float32), true_mean, atol=1e-6, rtol=0)
+        assert weight == pytest.approx(true_weight)
+    with pytest.raises(VaelabError, match="at least 4 training images, got 3"):
+        fit_clusters(images[:3], 4)
+
+
+def test_chains_start_from_the_fitted_clusters_in_proportion_to_their_sizes():
+    """chain_init=clusters: after_training fits k-means (saved buffers); a chain starts from a
+    Bernoulli draw of one centroid, chosen with its cluster's share of the training images."""
+    model = make_gsn(chain_init="clusters", chain_init_clusters=2, **NOISELESS)
+    top, bottom = torch.zeros(*IMAGE_SHAPE), torch.zeros(*IMAGE_SHAPE)
+    top[:, :2], bottom[:, 2:] = 1.0, 1.0
+    images = torch.stack([top] * 3 + [bottom])  # the top half on in three images of four
+    model.after_training(Split(images))
+    assert {"cluster_means", "cluster_weights"} <= set(model.state_dict())
+    starts = model._chain_start(4000, torch.Generator().manual_seed(0))  # (4000, 16)
+    is_top = (starts == top.flatten()).all(1)
+    assert ((starts == bottom.flatten()).all(1) | is_top).all()  # each start is one centroid, drawn exactly
+    share = is_top.double().mean().item()
+    assert abs(share - 0.75) < 3 * (0.75 * 0.25 / 4000) ** 0.5
+    assert "cluster_means" not in make_gsn().state_dict()  # only this start fits them
+    with pytest.raises(ConfigError, match="chain_init_clusters"):
+        make_gsn(chain_init="clusters", chain_init_clusters=0)
+
+
 def test_reconstruct_is_one_pass_from_the_corrupted_input():
     model = make_gsn(**NOISELESS)
     x = make_images()
@@ -356,6 +393,16 @@ def test_cli_train_sample_reconstruct_and_load_round_trip(tmp_path, data):
     assert np.load(tmp_path / "s.npy").shape == (6, 1, 6, 6)
     assert main(["reconstruct", str(run), "-n", "4", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").is_file()
+
+
+def test_cli_chain_init_clusters_round_trips_through_the_run_directory(tmp_path, data):
+    run = tmp_path / "run"
+    assert train(run, data, "--epochs", "1", "chain_init=clusters", "chain_init_clusters=3") == 0
+    model, reloaded = vaelab.load(run), vaelab.load(run)
+    assert model.cluster_means.shape == (3, 36) and model.cluster_weights.sum().item() == pytest.approx(1.0)
+    assert not torch.allclose(model.cluster_means, torch.full((3, 36), 0.5))  # fitted after training
+    assert torch.equal(model.sample(6, generator=torch.Generator().manual_seed(0)),
+                       reloaded.sample(6, generator=torch.Generator().manual_seed(0)))
 
 
 def test_cli_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, data):

@@ -47,11 +47,13 @@ from torch import Tensor, nn
 
 from vaelab.data.datasets import Split
 from vaelab.data.loader import Batch
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.blocks import activation
 from vaelab.models.training_graph import Node, TrainingGraph
 from vaelab.noise import draw_normal, draw_uniform
+
+CLUSTER_RANDOM_STATE = 0  # k-means of chain_init=clusters: the same centroids for the same training images
 
 
 @dataclass
@@ -65,7 +67,10 @@ class GSNConfig:
     walkbacks: int | None = None  # walkback steps unrolled in training; None: 2 * len(hidden)
     sample_visible: bool = True  # sample X ~ P(X|h) between steps (False: pass the mean on)
     sample_burn_in: int = 100  # chain steps before sample() returns a state
-    chain_init: Literal["pixel_means", "noise"] = "pixel_means"  # chain start: Bernoulli(marginals) or Bernoulli(1/2)
+    # chain start: Bernoulli(marginal pixel means), Bernoulli(a k-means centroid of the training
+    # images, drawn by cluster size), or Bernoulli(1/2)
+    chain_init: Literal["pixel_means", "clusters", "noise"] = "pixel_means"
+    chain_init_clusters: int = 50  # k-means clusters for chain_init=clusters
 
 
 class GSN(GenerativeModel):
@@ -79,6 +84,8 @@ class GSN(GenerativeModel):
                                   "noise, one walkback step from zero hidden layers, P(X | h^1); seeded")
     stochastic_reconstruction = True
     pixel_means: Tensor  # (n_0,) buffer registered in __init__; declared for the type checker
+    cluster_means: Tensor  # (K, n_0) and (K,), registered with chain_init=clusters
+    cluster_weights: Tensor
 
     def __init__(self, config: GSNConfig, image_shape: Sequence[int], num_classes: int | None = None):
         super().__init__(config, image_shape, num_classes)
@@ -92,6 +99,10 @@ class GSN(GenerativeModel):
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in self.sizes)
         # The training images' marginal pixel means (fitted by after_training): where chains start.
         self.register_buffer("pixel_means", torch.full((self.sizes[0],), 0.5))
+        if config.chain_init == "clusters":  # k-means of the training images, fitted by after_training
+            clusters = config.chain_init_clusters
+            self.register_buffer("cluster_means", torch.full((clusters, self.sizes[0]), 0.5))  # (K, n_0)
+            self.register_buffer("cluster_weights", torch.full((clusters,), 1.0 / clusters))  # (K,)
 
     @classmethod
     def prefers_binary_pixels(cls, config: GSNConfig) -> bool:
@@ -108,6 +119,8 @@ class GSN(GenerativeModel):
                               f"{config.input_noise_level}")
         if config.input_noise_level < 0 or config.hidden_noise_std < 0:
             raise ConfigError("input_noise_level and hidden_noise_std must be non-negative")
+        if config.chain_init_clusters < 1:
+            raise ConfigError(f"chain_init_clusters must be at least 1, got {config.chain_init_clusters}")
         if config.sample_burn_in < 0:
             raise ConfigError(f"sample_burn_in must be non-negative, got {config.sample_burn_in}")
         activation(config.activation)  # an unknown name is a ConfigError now, not at the first step
@@ -217,8 +230,14 @@ class GSN(GenerativeModel):
 
     @torch.no_grad()
     def after_training(self, train_split: Split) -> None:
-        """Fit the marginal pixel means of the training images (where chains start with chain_init=pixel_means)."""
-        self.pixel_means.copy_(train_split.images.flatten(start_dim=1).mean(0).to(self.pixel_means))
+        """Fit where chains start: the marginal pixel means of the training images and, with
+        chain_init=clusters, their k-means centroids and cluster sizes."""
+        images = train_split.images.flatten(start_dim=1)  # (N, n_0)
+        self.pixel_means.copy_(images.mean(0).to(self.pixel_means))
+        if self.config.chain_init == "clusters":
+            means, weights = fit_clusters(images, self.config.chain_init_clusters)
+            self.cluster_means.copy_(means.to(self.cluster_means))
+            self.cluster_weights.copy_(weights.to(self.cluster_weights))
 
     # -- the training graph --------------------------------------------------------------------------
 
@@ -258,12 +277,16 @@ class GSN(GenerativeModel):
     # -- generation ----------------------------------------------------------------------------------
 
     def _chain_start(self, num_chains: int, generator: torch.Generator | None) -> Tensor:
-        """X_0 (n, n_0): a Bernoulli draw from the marginal pixel means, or from 1/2 (chain_init=noise)."""
+        """X_0 (n, n_0): a Bernoulli draw from the marginal pixel means, from a k-means centroid
+        chosen with probability its cluster's share of the training images (chain_init=clusters: a
+        mixture of K product-Bernoulli distributions), or from 1/2 (chain_init=noise)."""
         if self.config.chain_init == "noise":
-            probs = torch.full_like(self.pixel_means, 0.5)
+            probs = torch.full_like(self.pixel_means, 0.5).expand(num_chains, -1)
+        elif self.config.chain_init == "clusters":
+            component = torch.multinomial(self.cluster_weights, num_chains, replacement=True, generator=generator)
+            probs = self.cluster_means[component].clamp(0.0, 1.0)  # (n, n_0)
         else:
-            probs = self.pixel_means.clamp(0.0, 1.0)
-        probs = probs.expand(num_chains, -1)  # (n, n_0)
+            probs = self.pixel_means.clamp(0.0, 1.0).expand(num_chains, -1)  # (n, n_0)
         return (draw_uniform(probs.shape, generator, like=probs) < probs).to(probs.dtype)
 
     @torch.no_grad()
@@ -304,6 +327,20 @@ class GSN(GenerativeModel):
         (hidden noise included), and return P(X | h^1): x (B, C, H, W) -> (B, C, H, W)."""
         logits, _ = self.walkback_step(self.initial_layers(x, generator), generator)
         return torch.sigmoid(logits).view(x.shape[0], *self.image_shape)
+
+
+def fit_clusters(images: Tensor, clusters: int) -> tuple[Tensor, Tensor]:
+    """k-means of images (N, D) by scikit-learn (Lloyd's algorithm, k-means++ start, fixed
+    random_state): the centroids (K, D) and each cluster's share of the images (K,)."""
+    from sklearn.cluster import KMeans  # slow import: only when fitting
+
+    if len(images) < clusters:
+        raise VaelabError(f"chain_init=clusters with {clusters} clusters needs at least {clusters} training "
+                          f"images, got {len(images)}; lower chain_init_clusters")
+    array = images.detach().cpu().double().numpy()
+    fitted = KMeans(clusters, n_init=1, random_state=CLUSTER_RANDOM_STATE).fit(array)
+    counts = torch.bincount(torch.from_numpy(fitted.labels_).long(), minlength=clusters).double()
+    return torch.from_numpy(fitted.cluster_centers_), counts / counts.sum()
 
 
 def _glorot_uniform(fan_in: int, fan_out: int) -> Tensor:
