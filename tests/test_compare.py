@@ -15,6 +15,7 @@ from tiny_runs import error_lines, write_images
 from vaelab.checkpoint import load_training_state
 from vaelab.cli import main
 from vaelab.comparison.budget import BUDGETS, load_budget
+from vaelab.comparison.report_data import protocol
 from vaelab.comparison.runner import Job, train
 from vaelab.errors import VaelabError
 from vaelab.models.vae import VAE
@@ -106,6 +107,13 @@ def test_a_runs_eval_override_changes_only_that_run_and_the_protocol_says_so(com
     protocol = json.loads((compared["out"] / "summary.json").read_text())["protocol"]
     assert "vae_gaussian spends differently from the other runs: limit=3 (the others: 6)." in protocol
     assert "limit=3 (the others: 6)" in (compared["out"] / "report.md").read_text()
+
+
+def test_the_protocol_names_a_run_that_sets_its_own_pixel_model():
+    """The standard budget's GSN trains on grey levels (binarize=none), against its model's default."""
+    standard, quick = protocol(load_budget("standard")), protocol(load_budget("quick"))
+    assert "gsn sets binarize=none: it trains on the continuous pixels." in standard
+    assert not any("sets binarize=" in line for line in quick)
 
 
 def test_an_unknown_eval_override_is_a_config_error(tmp_path):

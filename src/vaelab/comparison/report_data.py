@@ -63,7 +63,10 @@ def protocol(plan: Budget) -> list[str]:
     b = plan.eval
     return [
         "Models of binary images (the Bernoulli VAE and CVAE, the RBM, the GSN) train on dynamically "
-        "binarized images (binarize=auto); the others on the continuous pixels.",
+        "binarized images (binarize=auto) unless a run sets binarize; the others on the continuous pixels.",
+        *(f"{name} sets binarize={spec.settings['binarize']}"
+          + (": it trains on the continuous pixels." if spec.settings["binarize"] == "none" else ".")
+          for name, spec in plan.runs.items() if "binarize" in spec.settings),
         f"L_k (k={b.iw_k}) and RBM AIS ({b.rbm_ais_runs} runs x {b.rbm_ais_steps:,} steps) are log-likelihoods "
         f"of the test images binarized once with the fixed evaluation seed: comparable with each other. The "
         f"CVAE's L_k is log p(x|y), a conditional likelihood, in its own column; a Gaussian VAE's L_k is a "
