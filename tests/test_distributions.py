@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaelab.distributions import (BernoulliLikelihood, GaussianLikelihood, diag_gaussian_log_prob,
-                                  gaussian_kl_standard, log_mean_exp, reparameterize,
+                                  gaussian_kl_standard, log_mean_exp, log1p_exp_neg_abs_sum, reparameterize,
                                   standard_normal_log_prob)
 
 
@@ -51,6 +51,54 @@ def test_bernoulli_likelihood_matches_torch_for_binary_pixels():
     x = (torch.rand(6, 1, 5, 5, generator=generator) < 0.4).float()
     expected = Bernoulli(logits=logits).log_prob(x.expand_as(logits)).flatten(2).sum(-1)
     torch.testing.assert_close(BernoulliLikelihood().log_prob(x, logits), expected)
+
+
+def _extreme_logits(shape, seed):
+    """Logits from about -200 to 200, with exact zeros and both extremes."""
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 60
+    logits.view(-1)[::7] = 0.0
+    logits.view(-1)[1], logits.view(-1)[2] = -200.0, 200.0
+    return logits
+
+
+@pytest.mark.parametrize("event", [(1, 28, 28), (1, 5, 5), (7,), (16,)])
+def test_grouped_log1p_sum_matches_float64(event):
+    """One log per 16 factors against float64 log1p, to fp32 rounding; a remainder group and an
+    event shorter than one group are covered by the shapes."""
+    logits = _extreme_logits((50, 3, *event), 5)
+    exact = torch.log1p(torch.exp(-logits.double().abs())).flatten(2).sum(-1)
+    got = log1p_exp_neg_abs_sum(logits, len(event))
+    assert got.dtype == torch.float32 and got.shape == (50, 3)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-5)
+
+
+def test_grouped_log1p_sum_of_bf16_logits_is_computed_in_fp32():
+    """bf16 logits (a decoder under autocast) are summed in fp32: exact for the bf16 values."""
+    logits = (torch.randn(20, 784, generator=torch.Generator().manual_seed(6)) * 8).bfloat16()
+    exact = torch.log1p(torch.exp(-logits.double().abs())).sum(-1)
+    got = log1p_exp_neg_abs_sum(logits, 1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_bernoulli_log_prob_without_autograd_matches_float64(binary):
+    """Evaluation's path (no autograd: the grouped log1p sum) against float64 on extreme logits,
+    and the training path (autograd: plain softplus) against the same numbers with its gradient
+    x - sigmoid(l)."""
+    logits = _extreme_logits((40, 6, 1, 28, 28), 8)
+    generator = torch.Generator().manual_seed(9)
+    x = torch.rand(6, 1, 28, 28, generator=generator)
+    x = (x < 0.4).float() if binary else x
+    exact = (x.double() * logits.double() - F.softplus(logits.double())).flatten(2).sum(-1)
+    with torch.no_grad():
+        evaluated = BernoulliLikelihood().log_prob(x, logits)
+    torch.testing.assert_close(evaluated.double(), exact, rtol=1e-6, atol=1e-3)
+    trained = logits.clone().requires_grad_()
+    value = BernoulliLikelihood().log_prob(x, trained)
+    value.sum().backward()
+    torch.testing.assert_close(value.detach().double(), exact, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(trained.grad, (x - torch.sigmoid(logits)).expand_as(logits))
 
 
 def test_bernoulli_likelihood_is_negative_bce_for_grey_pixels():

@@ -52,6 +52,30 @@ def _sum_event(values: Tensor, event_dims: int) -> Tensor:
     return values.flatten(start_dim=values.dim() - event_dims).sum(-1)
 
 
+LOG1P_GROUP = 16  # factors in [1, 2] multiplied before one log: at most 2^16, far from overflow
+
+
+def log1p_exp_neg_abs_sum(logits: Tensor, event_dims: int) -> Tensor:
+    """sum_i log(1 + exp(-|l_i|)) over the last event_dims axes, with one log per 16 values, in at
+    least fp32: the part of sum_i softplus(l_i) = sum_i [max(l_i, 0) + log(1 + exp(-|l_i|))] that
+    needs a logarithm.
+
+    A sum of logs is the log of a product. Every factor 1 + exp(-|l|) lies in [1, 2], so a product
+    of 16 stays in [1, 2^16] (no overflow or underflow in any float type), and its rounding (16
+    multiplications, about 1e-6 relative) is of the order of the fp32 sum's over the event. log1p
+    is the costliest step of softplus: on 5,000 x 784 logits of a trained decoder (2 threads), the
+    compiled log p(x|z) took 2.2 times less time in bf16 this way (benchmarks/log_density_speed.py).
+    Its backward is slower than softplus's, so the likelihoods use it only without autograd."""
+    flat = logits.flatten(start_dim=logits.dim() - event_dims)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # a product of 16 needs fp32's mantissa
+    factors = torch.exp(-flat.abs()) + 1.0
+    whole = flat.shape[-1] - flat.shape[-1] % LOG1P_GROUP
+    logs = factors[..., :whole].unflatten(-1, (-1, LOG1P_GROUP)).prod(-1).log().sum(-1)
+    if whole < flat.shape[-1]:
+        logs = logs + factors[..., whole:].prod(-1).log()
+    return logs
+
+
 def _at_least_as_precise_as(decoded: Tensor, x: Tensor) -> Tensor:
     """decoded in the more precise of its dtype and x's: a decoder run under bf16 autocast emits
     bf16, and its per-pixel terms and their sum over 784 pixels should not be rounded to 8 bits."""
@@ -77,7 +101,11 @@ class BernoulliLikelihood:
 
     def log_prob(self, x: Tensor, decoded: Tensor, event_dims: int = 3) -> Tensor:
         logits = _at_least_as_precise_as(decoded, x)  # bf16 logits (autocast) are scored in x's precision
-        return _sum_event(x * logits - F.softplus(logits), event_dims)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return _sum_event(x * logits - F.softplus(logits), event_dims)
+        # the same sum without autograd (evaluation): softplus(l) = max(l, 0) + log1p(exp(-|l|)), the
+        # log1p part summed with one log per 16 pixels, 2.2 times faster in a compiled bf16 L_k
+        return _sum_event(x * logits - logits.clamp(min=0), event_dims) - log1p_exp_neg_abs_sum(logits, event_dims)
 
     def mean(self, decoded: Tensor) -> Tensor:
         return torch.sigmoid(decoded)
