@@ -53,7 +53,7 @@ from vaelab.distributed import current_world, gather_rows, process_generator, sh
 from vaelab.errors import VaelabError
 from vaelab.eval.estimate import Estimate, importance_weight_statistics, mean_and_stderr
 from vaelab.models.capabilities import BinaryRBM, require
-from vaelab.noise import fill_uniform
+from vaelab.noise import BernoulliBits
 
 # The schedule of Salakhutdinov & Murray (2008), section 5 (and their RBM_AIS.m): beta rises from
 # 0 to 0.5 in 500 uniform steps, to 0.9 in 4,000 and to 1 in 10,000: 14,500 steps in all.
@@ -171,12 +171,11 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
     bias_gap = (visible_bias.double() - base.double())  # (D,) d log p*_k / d beta, visible part
     weight_t = weight.t()  # (H, D)
 
-    u_visible = torch.empty(num_runs, num_visible, device=device, dtype=dtype)
-    u_hidden = torch.empty(num_runs, num_hidden, device=device, dtype=dtype)
+    bits = BernoulliBits(generator)
     activation = torch.empty(num_runs, num_hidden, device=device, dtype=dtype)  # c + v W
     visible_input = torch.empty(num_runs, num_visible, device=device, dtype=dtype)
     # v_1 ~ p_A exactly: independent pixels with p(v_i = 1) = sigmoid(b_A,i).
-    v = (fill_uniform(u_visible, generator) < torch.sigmoid(base)).to(dtype)  # (R, D)
+    v = bits.draw(torch.sigmoid(base).expand(num_runs, num_visible))  # (R, D)
     log_w = torch.zeros(num_runs, device=device, dtype=torch.float64)
     beta_list = betas.tolist()
     for k in tqdm(range(1, len(beta_list)), disable=not progress, desc="AIS", leave=False, unit="beta"):
@@ -189,9 +188,9 @@ def ais_log_weights(rbm, base_visible_bias: Tensor, betas: Tensor | Sequence[flo
         if k == len(beta_list) - 1:
             break
         # One block Gibbs sweep leaving p_k invariant: h ~ p_k(h_B | v), v ~ p_k(v | h_B).
-        h = (fill_uniform(u_hidden, generator) < torch.sigmoid(activation.mul_(beta))).to(dtype)  # (R, H)
+        h = bits.draw(activation.mul_(beta).sigmoid_())  # (R, H)
         torch.addmm((1 - beta) * base + beta * visible_bias, h, weight_t, alpha=beta, out=visible_input)  # (R, D)
-        v = (fill_uniform(u_visible, generator) < visible_input.sigmoid_()).to(dtype)
+        v = bits.draw(visible_input.sigmoid_())
     return log_w
 
 
