@@ -44,7 +44,7 @@ def score(run: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories; the first is the reference")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--steps", type=int, default=500)

@@ -28,7 +28,7 @@ from vaelab.files import atomic_write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)

@@ -73,7 +73,7 @@ def profile_bound(model, split, k: int, precision: str, compile: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")

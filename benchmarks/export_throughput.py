@@ -75,7 +75,7 @@ def samples_per_second(decode: Callable[[], np.ndarray], batch_size: int, calls:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--calls", type=int, default=20, help="decodings of one batch per repeat")

@@ -36,7 +36,7 @@ def diversity(images: torch.Tensor, threshold: float) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("-n", type=int, default=1000, help="samples and real test images (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the samples and the choice of test images")

@@ -51,7 +51,7 @@ def drift(run_dir: str, n: int, steps: list[int], seed: int) -> dict[str, float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("runs", nargs="+", help="`vaelab train gsn` run directories")
     parser.add_argument("-n", type=int, default=1000, help="chains and test images (default 1000)")

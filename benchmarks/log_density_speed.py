@@ -46,7 +46,7 @@ def milliseconds(function, x, z, runs: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--images", type=int, default=5, help="first N test images (default 5)")

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
     parser.add_argument("--out", required=True)
     parser.add_argument("--ymax", type=float, default=240.0)

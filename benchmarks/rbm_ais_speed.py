@@ -53,7 +53,7 @@ def random_rbm(seed: int) -> RBM:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", nargs="?", help="a trained RBM run (default: a random 784 x 500 RBM)")
     parser.add_argument("--runs", type=int, default=100, help="independent AIS runs (default 100)")
     parser.add_argument("--steps", type=int, default=14500, help="intermediate distributions (default 14500)")

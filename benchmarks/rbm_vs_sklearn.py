@@ -256,7 +256,7 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"),
                         help="folder holding fashion-mnist/ (default $VAELAB_DATA)")

@@ -37,7 +37,7 @@ def run(command: list[str]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/repro-fmnist")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="the run's config (default: the session-sized one; "

@@ -27,7 +27,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)

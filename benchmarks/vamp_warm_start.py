@@ -34,7 +34,7 @@ def validation_bound(model: VAE, images: torch.Tensor, k: int, seed: int) -> flo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
                         help="the run directory of a trained standard-prior VAE (its final weights are used)")
     parser.add_argument("--out", type=Path, required=True)
