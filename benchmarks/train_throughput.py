@@ -19,8 +19,11 @@ vaelab's rows run with the trainer's defaults, so with subnormals flushed to zer
 subnormals, as it does for the people who copy it.
 
 Optional rows: `--plain-loop` times vaelab's model and batches in a bare loop (loss, backward,
-fused Adam; no Trainer, IEEE subnormals), which says what the Trainer itself costs or saves;
-`--compile` adds (b) and (c) with `train.compile=true` (the loss through torch.compile);
+fused Adam; no Trainer, IEEE subnormals), which says what the Trainer itself costs or saves; with
+`--compile` too it adds `plain fast`, the same loop with subnormals flushed and the loss compiled
+(the Trainer's speed options without its non-finite checks and bookkeeping: the floor of a loop
+around this loss and optimizer); `--compile` adds (b) and (c) with `train.compile=true` (the loss
+through torch.compile);
 `--ieee-subnormals` adds them with `train.flush_denormal=false`; `--no-bf16`
 drops (c) on a CPU that emulates bf16 (its epoch takes many times fp32's). `--epochs N` trains every
 method N epochs from fresh weights and times the last: with `--compile`, `--epochs 2` times an epoch
@@ -59,6 +62,7 @@ from vaelab.data.datasets import Split
 from vaelab.data.loader import BatchIterator
 from vaelab.experiment import load_data, training_splits
 from vaelab.models.vae import VAE, VAEConfig
+from vaelab.precision import subnormals_flushed
 from vaelab.trainer import Trainer
 
 BATCH, LR, HIDDEN, LATENT, PIXELS = 128, 1e-3, 400, 20, 784
@@ -166,19 +170,28 @@ def subnormal_moments(optimizer: torch.optim.Optimizer) -> str:
             f"{counts[largest]:,} of the largest tensor's {moments[largest].numel():,}")
 
 
-def train_plain_loop(train_split: Split, seed: int, epochs: int) -> tuple[float, VAE]:
+def train_plain_loop(train_split: Split, seed: int, epochs: int, fast: bool = False) -> tuple[float, VAE]:
     """vaelab's VAE and batches without the Trainer: loss, backward, fused Adam, nothing else (no
-    non-finite checks, no logging, IEEE subnormals). The gap to (b) is what the Trainer costs or saves."""
+    non-finite checks, no logging). The gap to (b) is what the Trainer costs or saves.
+
+    fast=False: IEEE subnormals and the eager loss. fast=True: the Trainer's speed options without
+    its checks (subnormals flushed, the loss through torch.compile with one static graph per batch
+    size, as train.compile=true does), so the gap to (b) compiled is what the checks and the
+    bookkeeping cost: the floor of any loop around this loss and optimizer."""
     torch.manual_seed(seed)
     model = VAE(VAEConfig(hidden=(HIDDEN,), latent_dim=LATENT), (1, 28, 28))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    loss = torch.compile(model.loss) if fast else model.loss
     model.train()
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        for batch in BatchIterator(train_split, BATCH, shuffle=True, seed=seed, epoch=epoch):
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(batch)["loss"].backward()
-            optimizer.step()
+    with subnormals_flushed(fast):
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            for batch in BatchIterator(train_split, BATCH, shuffle=True, seed=seed, epoch=epoch):
+                if fast:
+                    torch._dynamo.mark_static(batch.x, 0)
+                optimizer.zero_grad(set_to_none=True)
+                loss(batch, step=0)["loss"].backward()
+                optimizer.step()
     return time.perf_counter() - started, model
 
 
@@ -242,7 +255,8 @@ def main() -> int:
                         help="also time vaelab with flush_denormal=false (IEEE subnormals); the gap grows "
                              "after the first epoch, so use --epochs 3 or more")
     parser.add_argument("--plain-loop", action="store_true",
-                        help="also time vaelab's model in a plain PyTorch loop without the Trainer")
+                        help="also time vaelab's model in a plain PyTorch loop without the Trainer (with --compile, "
+                             "also with flushed subnormals and the compiled loss)")
     parser.add_argument("--no-bf16", action="store_true",
                         help="skip (c): on a CPU without native bf16 (vaelab.precision.native_bf16) PyTorch "
                              "emulates it and its epoch takes many times fp32's")
@@ -282,6 +296,8 @@ def main() -> int:
                                                              epochs=epochs, flush_denormal=False)
     if args.plain_loop:
         methods["plain loop"] = lambda seed: train_plain_loop(train_split, seed, epochs)
+        if args.compile:
+            methods["plain fast"] = lambda seed: train_plain_loop(train_split, seed, epochs, fast=True)
     elbo = {name: examples_elbo if name == "examples" else vaelab_elbo for name in methods}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     elbos: dict[str, list[float]] = {name: [] for name in methods}
